@@ -1,0 +1,30 @@
+"""attnviz app entry point: page setup and navigation only (`make app`).
+
+Each page lives in `app/views/<name>.py`; to add one, add a line below. Heavy imports (torch) happen
+inside `app/services.py` when a page first needs them, so the first paint stays fast.
+"""
+
+import streamlit as st
+
+st.set_page_config(page_title="attnviz", page_icon=":material/visibility:", layout="wide")
+
+st.navigation(
+    {
+        "Compare": [
+            st.Page("views/zoo.py", title="Zoo", icon=":material/grid_view:", default=True),
+            st.Page("views/inspect_image.py", title="Inspect an image", icon=":material/image_search:"),
+        ],
+        "Modules": [
+            st.Page("views/channel_attention.py", title="Channel attention (SE)", icon=":material/equalizer:"),
+            st.Page("views/lgam.py", title="LGAM", icon=":material/stacks:"),
+            st.Page("views/interflow.py", title="Interflow", icon=":material/merge_type:"),
+            st.Page("views/activations.py", title="Activations", icon=":material/show_chart:"),
+        ],
+        "Run": [
+            st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+        ],
+        "Learn": [
+            st.Page("views/about.py", title="About", icon=":material/menu_book:"),
+        ],
+    }
+).run()

@@ -1,0 +1,454 @@
+"""Background training runs for the app: one run at a time per server, the rest queued, cancellable.
+
+Each run is a separate process, ``python -m attnviz train ... --out RUN_DIR --json-progress``, so a
+run can be stopped without touching the server, and a crash in training cannot take the server down.
+The child's stdout (one JSON object per event) goes to ``RUN_DIR/progress.jsonl``; the app reads that
+file to draw live curves. ``RUN_DIR/job.json`` records the request and the state, so a finished run is
+self-describing and a server restart shows what happened to the runs it had.
+
+Rules
+- ``submit`` never drops a request: it starts the run when nothing is running, otherwise queues it and
+  says so (``state="queued"``, ``position``). A full queue is an error with one sentence.
+- ``cancel`` on a queued run removes it; on a running one it sends SIGINT (the trainer stops at the
+  next step, keeps a consistent checkpoint and exits 130), then SIGTERM/SIGKILL if it does not stop.
+- Runs live in ``runs_dir()`` = ``$ATTNVIZ_HOME/runs`` (default ``~/.attnviz/runs``); the zoo lists
+  the checkpoints found there (``attnviz.catalog``).
+
+Uploaded ImageFolder archives are checked before anything trains on them (:func:`check_archive`):
+size and member-count caps, no member that escapes its folder, no links (``attnviz.data``'s archive
+reader refuses those), every image decodable, at least two classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from attnviz.errors import AttnvizError, DatasetError
+
+DATASET_CHOICES = ("sample", "cifar10", "cifar100", "mnist", "fashionmnist")
+MAX_QUEUE = 8
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_UPLOAD_MEMBERS = 20_000
+MAX_UPLOAD_UNCOMPRESSED = 256 * 1024 * 1024
+TERMINAL_STATES = ("finished", "failed", "cancelled", "diverged", "interrupted")
+
+
+def attnviz_home() -> Path:
+    return Path(os.environ.get("ATTNVIZ_HOME") or Path.home() / ".attnviz").expanduser()
+
+
+def runs_dir() -> Path:
+    """Where the app's training runs go: ``$ATTNVIZ_HOME/runs`` (default ``~/.attnviz/runs``)."""
+    return attnviz_home() / "runs"
+
+
+def uploads_dir() -> Path:
+    return attnviz_home() / "uploads"
+
+
+@dataclass
+class TrainRequest:
+    """What the Train form asks for; ``to_argv`` is the exact CLI call that runs it."""
+
+    spec: str
+    dataset: str = "sample"
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float | None = None
+    seed: int = 0
+    device: str | None = None
+
+    def validate(self) -> None:
+        if not self.spec or not re.fullmatch(r"[A-Za-z0-9_.,:=@+\-]+", self.spec):
+            raise AttnvizError("The model spec may only use letters, digits and _ . , : = @ + -.")
+        if not (self.dataset in DATASET_CHOICES or self.dataset.startswith("imagefolder:")):
+            raise DatasetError(f"Unknown dataset '{self.dataset}' (use {', '.join(DATASET_CHOICES)} or an upload).")
+        if not 1 <= int(self.epochs) <= 500:
+            raise AttnvizError("Epochs must be between 1 and 500.")
+        if not 1 <= int(self.batch_size) <= 4096:
+            raise AttnvizError("The batch size must be between 1 and 4096.")
+        if self.lr is not None and not 0.0 < float(self.lr) <= 10.0:
+            raise AttnvizError("The learning rate must be a positive number no larger than 10.")
+        if not 0 <= int(self.seed) < 2**31:
+            raise AttnvizError("The seed must be a whole number between 0 and 2147483647.")
+
+    def to_argv(self, out_dir: Path) -> list[str]:
+        argv = [sys.executable, "-m", "attnviz", "train", "--model", self.spec, "--data", self.dataset,
+                "--epochs", str(int(self.epochs)), "--batch-size", str(int(self.batch_size)),
+                "--seed", str(int(self.seed)), "--out", str(out_dir), "--json-progress"]
+        if self.lr is not None:
+            argv += ["--lr", repr(float(self.lr))]
+        if self.device:
+            argv += ["--device", self.device]
+        return argv
+
+
+@dataclass
+class JobStatus:
+    """A run as the app sees it (plain values only)."""
+
+    job_id: str
+    state: str  # queued | running | finished | failed | cancelled | diverged | interrupted
+    request: dict
+    run_dir: str
+    position: int = 0  # 1-based place in the queue when queued
+    submitted: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    returncode: int | None = None
+    pid: int | None = None
+    message: str = ""
+    events: list[dict] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def read_events(run_dir: str | Path) -> list[dict]:
+    """Parse ``progress.jsonl``: one JSON object per complete line; a torn last line is skipped."""
+    path = Path(run_dir) / "progress.jsonl"
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue  # a human progress line or a partial write
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            events.append(value)
+    return events
+
+
+def _last_error_line(run_dir: Path) -> str:
+    """The trainer's one-sentence ``error: ...`` line from stderr, if it wrote one."""
+    try:
+        lines = (run_dir / "stderr.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line[len("error:"):].strip()
+    return ""
+
+
+def _state_from_returncode(code: int, cancelled: bool) -> str:
+    if cancelled or code in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL):
+        return "cancelled"
+    if code == 0:
+        return "finished"
+    if code == 3:
+        return "diverged"
+    return "failed"
+
+
+class TrainingJobs:
+    """The per-server run manager: a FIFO queue and one worker thread that runs one child at a time."""
+
+    def __init__(self, base_dir: str | Path | None = None, *, max_queue: int = MAX_QUEUE,
+                 cancel_grace_s: float = 30.0):
+        self.base_dir = Path(base_dir) if base_dir is not None else runs_dir()
+        self.max_queue = max_queue
+        self.cancel_grace_s = cancel_grace_s
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: deque[str] = deque()
+        self._jobs: dict[str, JobStatus] = {}
+        self._running: str | None = None
+        self._process: subprocess.Popen | None = None
+        self._cancel_requested: set[str] = set()
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="attnviz-train-worker", daemon=True)
+        self._worker.start()
+
+    # -------------------------------------------------------------------------------- public API
+    def submit(self, request: TrainRequest) -> JobStatus:
+        """Start ``request`` now, or queue it behind the running one (the returned state says which)."""
+        request.validate()
+        with self._lock:
+            if self._closed:
+                raise AttnvizError("The training service is shutting down; try again after the restart.")
+            if len(self._queue) >= self.max_queue:
+                raise AttnvizError(f"{len(self._queue)} runs are already waiting; cancel one or try again later.")
+            job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + re.sub(r"[^A-Za-z0-9_-]+", "_", request.spec)[:40] \
+                + "-" + uuid.uuid4().hex[:6]
+            run_dir = self.base_dir / job_id
+            run_dir.mkdir(parents=True, exist_ok=False)
+            status = JobStatus(job_id=job_id, state="queued", request=asdict(request), run_dir=str(run_dir),
+                               submitted=time.time())
+            self._jobs[job_id] = status
+            self._queue.append(job_id)
+            self._reposition()
+            self._save(status)
+            self._wake.notify_all()
+            # the worker picks it up at once when idle; report "running" so the caller need not poll
+            if self._running is None and self._queue[0] == job_id:
+                status.message = "starting"
+            return self._snapshot(job_id, with_events=False)
+
+    def status(self, job_id: str) -> JobStatus:
+        """The run's state and every progress event so far; also works for runs of earlier servers."""
+        with self._lock:
+            if job_id in self._jobs:
+                return self._snapshot(job_id)
+        return self._from_disk(job_id)
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a queued or running run; returns False when it had already ended."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.done:
+                return False
+            self._cancel_requested.add(job_id)
+            if job.state == "queued":
+                self._queue.remove(job_id)
+                job.state, job.ended, job.message = "cancelled", time.time(), "cancelled before it started"
+                self._reposition()
+                self._save(job)
+                return True
+            process = self._process if self._running == job_id else None
+        if process is not None:
+            threading.Thread(target=self._stop_process, args=(process,), daemon=True).start()
+        return True
+
+    def running(self) -> str | None:
+        with self._lock:
+            return self._running
+
+    def queue(self) -> list[str]:
+        with self._lock:
+            return list(self._queue)
+
+    def list_runs(self) -> list[JobStatus]:
+        """Every run under ``base_dir`` (this server's and earlier ones), newest first, without events."""
+        with self._lock:
+            known = {job_id: self._snapshot(job_id, with_events=False) for job_id in self._jobs}
+        out = list(known.values())
+        if self.base_dir.is_dir():
+            for path in self.base_dir.glob("*/job.json"):
+                job_id = path.parent.name
+                if job_id not in known:
+                    try:
+                        out.append(self._from_disk(job_id, with_events=False))
+                    except AttnvizError:
+                        continue
+        return sorted(out, key=lambda s: s.submitted, reverse=True)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Block until the run ends (tests and scripts); returns its final status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while not self._jobs[job_id].done:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._wake.wait(remaining)
+        return self.status(job_id)
+
+    def shutdown(self, cancel_running: bool = True) -> None:
+        with self._lock:
+            self._closed = True
+            for job_id in list(self._queue):
+                job = self._jobs[job_id]
+                job.state, job.ended, job.message = "cancelled", time.time(), "the server stopped"
+                self._save(job)
+            self._queue.clear()
+            process = self._process
+            self._wake.notify_all()
+        if cancel_running and process is not None:
+            self._stop_process(process)
+
+    # ------------------------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                job_id = self._queue.popleft()
+                job = self._jobs[job_id]
+                self._running = job_id
+                job.state, job.started, job.message = "running", time.time(), ""
+                self._reposition()
+                run_dir = Path(job.run_dir)
+                request = TrainRequest(**job.request)
+                try:
+                    stdout = open(run_dir / "progress.jsonl", "ab")  # noqa: SIM115 - closed below
+                    stderr = open(run_dir / "stderr.log", "ab")  # noqa: SIM115
+                    self._process = subprocess.Popen(
+                        request.to_argv(run_dir), stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    )
+                except OSError as err:
+                    stdout.close()
+                    stderr.close()
+                    job.state, job.ended, job.message = "failed", time.time(), f"could not start the run: {err}"
+                    self._running = None
+                    self._save(job)
+                    self._wake.notify_all()
+                    continue
+                job.pid = self._process.pid
+                self._save(job)
+                process = self._process
+            code = process.wait()
+            stdout.close()
+            stderr.close()
+            with self._lock:
+                cancelled = job_id in self._cancel_requested
+                job.returncode = code
+                job.ended = time.time()
+                job.state = _state_from_returncode(code, cancelled)
+                job.message = _last_error_line(run_dir) if job.state != "finished" else ""
+                if job.state == "cancelled" and not job.message:
+                    job.message = "cancelled; the last consistent checkpoint was kept"
+                self._running = None
+                self._process = None
+                self._save(job)
+                self._wake.notify_all()
+
+    def _stop_process(self, process: subprocess.Popen) -> None:
+        """SIGINT (the trainer saves and exits 130), then SIGTERM, then SIGKILL."""
+        for sig, grace in ((signal.SIGINT, self.cancel_grace_s), (signal.SIGTERM, 5.0)):
+            if process.poll() is not None:
+                return
+            try:
+                process.send_signal(sig)
+                process.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                return
+        if process.poll() is None:
+            process.kill()
+
+    # ----------------------------------------------------------------------------------- helpers
+    def _reposition(self) -> None:
+        for index, job_id in enumerate(self._queue, start=1):
+            self._jobs[job_id].position = index
+        if self._running is not None:
+            self._jobs[self._running].position = 0
+
+    def _snapshot(self, job_id: str, with_events: bool = True) -> JobStatus:
+        job = self._jobs[job_id]
+        copy = JobStatus(**{k: v for k, v in asdict(job).items() if k != "events"})
+        if with_events:
+            copy.events = read_events(job.run_dir)
+        return copy
+
+    def _save(self, job: JobStatus) -> None:
+        record = {k: v for k, v in asdict(job).items() if k != "events"}
+        path = Path(job.run_dir) / "job.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _from_disk(self, job_id: str, with_events: bool = True) -> JobStatus:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", job_id):
+            raise AttnvizError(f"'{job_id}' is not a run id.")
+        run_dir = self.base_dir / job_id
+        try:
+            record = json.loads((run_dir / "job.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError) as err:
+            raise AttnvizError(f"There is no run '{job_id}' in {self.base_dir}.") from err
+        known = {k: record[k] for k in JobStatus.__dataclass_fields__ if k in record and k != "events"}
+        status = JobStatus(**known)
+        if not status.done:
+            # a run recorded as queued/running by a server that is gone: it will never finish
+            status.state, status.message = "interrupted", "the server that ran it stopped before it finished"
+        if with_events:
+            status.events = read_events(run_dir)
+        return status
+
+
+_MANAGER: TrainingJobs | None = None
+_MANAGER_LOCK = threading.Lock()
+
+
+def get_jobs() -> TrainingJobs:
+    """The process-wide run manager (one per server, so one run at a time per server)."""
+    global _MANAGER
+    with _MANAGER_LOCK:
+        if _MANAGER is None:
+            _MANAGER = TrainingJobs()
+        return _MANAGER
+
+
+# --------------------------------------------------------------------------------- uploaded archives
+@dataclass
+class ArchiveSummary:
+    path: str
+    classes: list[str]
+    n_train: int
+    n_test: int
+    image_size: tuple[int, int]
+    in_chans: int
+
+    @property
+    def dataset(self) -> str:
+        return f"imagefolder:{self.path}"
+
+
+def check_archive(data: bytes, filename: str = "upload.zip", directory: str | Path | None = None) -> ArchiveSummary:
+    """Check an uploaded ImageFolder ``.zip`` and keep it (content-addressed) for training.
+
+    Raises :class:`DatasetError` with one sentence naming what failed: too big, too many members,
+    a member outside its folder or a link (refused by ``attnviz.data``'s reader), an image that does
+    not decode, fewer than two classes.
+    """
+    if not filename.lower().endswith(".zip"):
+        raise DatasetError(f"{filename} is not a .zip archive (zip a folder of class sub-folders).")
+    if not data:
+        raise DatasetError(f"{filename} is empty.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise DatasetError(f"{filename} is larger than {MAX_UPLOAD_BYTES >> 20} MB.")
+    import io
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise DatasetError(f"{filename} is not a readable zip archive.") from err
+    if len(infos) > MAX_UPLOAD_MEMBERS:
+        raise DatasetError(f"{filename} has {len(infos):,} members; at most {MAX_UPLOAD_MEMBERS:,} are allowed.")
+    if sum(info.file_size for info in infos) > MAX_UPLOAD_UNCOMPRESSED:
+        raise DatasetError(f"{filename} would unpack to more than {MAX_UPLOAD_UNCOMPRESSED >> 20} MB.")
+
+    folder = Path(directory) if directory is not None else uploads_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (hashlib.sha256(data).hexdigest()[:20] + ".zip")
+    if not path.exists():
+        tmp = path.with_suffix(".zip.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    from attnviz.data import load_dataset
+
+    try:
+        dataset = load_dataset(f"imagefolder:{path}")
+    except DatasetError as err:
+        raise DatasetError(str(err).replace(str(path), filename)) from err
+    if dataset.num_classes < 2:
+        raise DatasetError(f"{filename} holds {dataset.num_classes} class folder; at least two are needed.")
+    return ArchiveSummary(path=str(path), classes=list(dataset.class_names), n_train=dataset.n_train,
+                          n_test=dataset.n_test, image_size=tuple(dataset.input_size), in_chans=dataset.in_chans)

@@ -1,0 +1,109 @@
+"""LGAM: Lightweight Group-wise Attention Module (Zhang, Li & Yang 2020), equations (1)-(7).
+
+Input A [B, C, H, W] is split along channels into G groups x_k of C' = C/G channels.
+- Channel attention per group, eqs. (1)-(3):
+      s = GAP(x)                                  (1)
+      M_chan = sigmoid(relu(BN(MLP(s))))          (2)   MLP: C' -> C'/r -> C'
+      F_chan(x) = M_chan * x + x                  (3)
+- Ladder between groups, eq. (4): y_1 = F_chan(x_1), y_k = F_chan(x_k + y_{k-1}); A' = concat(y_k).
+- Spatial attention, eqs. (5)-(6): c_spat = sum over channels of A'; M_spat = sigmoid(relu(c_spat)).
+- Fusion, eq. (7): A'' = A' * M_spat + A.
+
+Choices where the paper is silent (all arguments):
+- ``shared_mlp=False``: each group has its own MLP+BN. The paper writes one F_chan but draws one CA
+  box per group; separate weights give the parameter increase closest to table 3
+  (see ``attnviz params``). ``shared_mlp=True`` uses one MLP+BN for every group.
+- ``mlp_activation="relu"``: the activation inside the MLP's hidden layer (the paper says "an MLP with
+  one hidden layer" and does not name it).
+- ``min_hidden=1``: hidden width is max(min_hidden, C'/r).
+- ``ladder=True``: eq. (4); ``ladder=False`` applies F_chan to each group independently (ablation).
+- ``spatial_reduce="sum"`` is eq. (5); ``"mean"`` divides by C (keeps the sigmoid out of saturation
+  for wide layers) as an ablation.
+Note sigmoid(relu(.)) >= 0.5: both of the paper's gates only scale between 0.5 and 1, and with the
+residual terms of (3) and (7) the module can amplify but never suppress below half.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attnviz.errors import SpecError
+from attnviz.layers.activations import get_activation
+from attnviz.layers.taps import AttentionModule, AttnTap
+
+
+class GroupChannelAttention(nn.Module):
+    """F_chan of eqs. (1)-(3) for one group: returns (M_chan * x + x, M_chan)."""
+
+    def __init__(self, group_channels: int, reduction: int, min_hidden: int, mlp_activation: str):
+        super().__init__()
+        hidden = max(min_hidden, group_channels // reduction)
+        self.mlp = nn.Sequential(
+            nn.Linear(group_channels, hidden), get_activation(mlp_activation), nn.Linear(hidden, group_channels)
+        )
+        self.bn = nn.BatchNorm1d(group_channels)
+        self.act = nn.ReLU()
+        self.gate = nn.Sigmoid()
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.act(self.bn(self.mlp(x.mean(dim=(2, 3))))))
+
+
+class LGAM(AttentionModule):
+    attn_kind = "lgam"
+
+    def __init__(
+        self,
+        channels: int,
+        groups: int = 4,
+        reduction: int = 16,
+        ladder: bool = True,
+        shared_mlp: bool = False,
+        mlp_activation: str = "relu",
+        min_hidden: int = 1,
+        spatial_reduce: str = "sum",
+    ):
+        super().__init__()
+        if groups < 1 or channels % groups:
+            raise SpecError(f"LGAM needs the channel count ({channels}) to be divisible by groups ({groups}).")
+        if spatial_reduce not in ("sum", "mean"):
+            raise SpecError("LGAM spatial_reduce must be 'sum' (eq. (5)) or 'mean'.")
+        self.channels = channels
+        self.groups = groups
+        self.group_channels = channels // groups
+        self.reduction = reduction
+        self.ladder = ladder
+        self.shared_mlp = shared_mlp
+        self.spatial_reduce = spatial_reduce
+        count = 1 if shared_mlp else groups
+        self.channel_attention = nn.ModuleList(
+            GroupChannelAttention(self.group_channels, reduction, min_hidden, mlp_activation) for _ in range(count)
+        )
+        self.tap_group_channel = AttnTap("group_channel")
+        self.tap_a_prime = AttnTap("a_prime")
+        self.spatial_act = nn.ReLU()
+        self.spatial_gate = nn.Sigmoid()
+        self.tap_spatial = AttnTap("spatial")
+        self.tap_output = AttnTap("output")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        groups = torch.split(x, self.group_channels, dim=1)
+        outputs, group_weights = [], []
+        previous = None
+        for k, x_k in enumerate(groups):
+            attention = self.channel_attention[0 if self.shared_mlp else k]
+            inp = x_k if (previous is None or not self.ladder) else x_k + previous  # eq. (4)
+            channel_weights = attention.weights(inp)
+            y_k = inp * channel_weights[:, :, None, None] + inp  # eq. (3)
+            outputs.append(y_k)
+            group_weights.append(channel_weights)
+            previous = y_k
+        self.tap_group_channel(torch.cat(group_weights, dim=1))
+        a_prime = self.tap_a_prime(torch.cat(outputs, dim=1))
+        if self.spatial_reduce == "sum":
+            spatial_logits = a_prime.sum(dim=1, keepdim=True)  # eq. (5)
+        else:
+            spatial_logits = a_prime.mean(dim=1, keepdim=True)
+        spatial_map = self.tap_spatial(self.spatial_gate(self.spatial_act(spatial_logits)))  # eq. (6)
+        return self.tap_output(a_prime * spatial_map + x)  # eq. (7)
