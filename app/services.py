@@ -47,3 +47,315 @@ def felu_minimum() -> tuple[float, float]:
     from attnviz.layers.activations import felu_minimum as _felu_minimum
 
     return _felu_minimum()
+
+
+# ------------------------------------------------------------------------------------------ the zoo
+def _runs_fingerprint() -> tuple:
+    """Cheap signature of the shipped and run checkpoint folders: a finished run changes it."""
+    from attnviz.checkpoints import checkpoint_dirs, runs_dir
+
+    runs = runs_dir()
+    paths = [*checkpoint_dirs(), *(runs.iterdir() if runs.is_dir() else [])]
+    out = []
+    for path in paths:
+        try:
+            out.append((str(path), path.stat().st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(out)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _zoo_rows(fingerprint: tuple) -> list[dict]:
+    from attnviz.catalog import zoo_rows
+
+    return [row.as_dict() for row in zoo_rows()]
+
+
+def zoo_rows() -> list[dict]:
+    """Every model of the zoo as plain dicts (`attnviz.catalog.zoo_rows`), refreshed when a run ends."""
+    return _zoo_rows(_runs_fingerprint())
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _zoo_costs(fingerprint: tuple) -> list[dict]:
+    from attnviz.catalog import measure_costs, zoo_rows
+
+    return [row.as_dict() for row in measure_costs(zoo_rows())]
+
+
+def zoo_rows_with_costs() -> list[dict]:
+    """The zoo with params, FLOPs and CPU latency filled in (measured once, cached on disk)."""
+    return _zoo_costs(_runs_fingerprint())
+
+
+def zoo_by_id() -> dict[str, dict]:
+    return {row["id"]: row for row in zoo_rows()}
+
+
+@st.cache_data(show_spinner=False)
+def spec_params(specs: list[str], num_classes: int = 10) -> dict[str, int | None]:
+    from attnviz.catalog import spec_params as _spec_params
+
+    return _spec_params(list(specs), num_classes)
+
+
+# ------------------------------------------------------------------------------------------ models
+@st.cache_resource(show_spinner=False, max_entries=24)
+def _load_model(model_id: str, path: str | None, sha256: str | None):
+    from attnviz.catalog import ZooRow, build_model
+
+    row = ZooRow(**zoo_by_id()[model_id])
+    model, card = build_model(row)  # eval() and requires_grad_(False) inside: shared read-only
+    with _COUNT_LOCK:
+        LOAD_COUNTS[model_id] += 1
+    return model, card
+
+
+def load_model(model_id: str):
+    """(model, card) of a zoo model, loaded once per process and shared read-only by all sessions."""
+    row = zoo_by_id().get(model_id)
+    if row is None:
+        from attnviz.errors import CheckpointError
+
+        raise CheckpointError(f"There is no model '{model_id}' in the zoo.")
+    return _load_model(model_id, row["path"], row["weights_sha256"])
+
+
+# ------------------------------------------------------------------------------------ environment
+@st.cache_resource(show_spinner=False)
+def device_report() -> dict:
+    """The compute device and its measured speed (`attnviz.catalog.device_report`), once per process."""
+    from attnviz.catalog import device_report as _device_report
+
+    return _device_report()
+
+
+@st.cache_data(show_spinner=False)
+def versions() -> dict[str, str]:
+    from attnviz.report import library_versions
+
+    return library_versions()
+
+
+PREFERRED_DEFAULTS = ("resnet20-se", "resnet20-se-felu", "resnet20-lgam")
+
+
+def default_model_ids(rows: list[dict]) -> list[str]:
+    """What the pages show before the user picks: the SE, SE-FeLU and LGAM ResNet-20s when trained
+    ones exist (shipped first, then your runs), else the untrained architectures of the same names."""
+    chosen = []
+    for source in ("shipped", "your run", "untrained"):
+        for spec in PREFERRED_DEFAULTS:
+            for row in rows:
+                if row["source"] == source and row["spec"] == spec and spec not in {r[1] for r in chosen}:
+                    chosen.append((row["id"], spec))
+                    break
+        if chosen:
+            break
+    return [row_id for row_id, _ in chosen]
+
+
+def sidebar() -> list[str]:
+    """The sidebar every page shows: the shared model choice (returned) and the device line."""
+    import components as ui
+
+    rows = zoo_rows()
+    chosen = ui.model_picker(rows, default_model_ids(rows))
+    ui.device_badge(device_report())
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ images
+# model-side work done per (kind of result) in this process, for tests: a display-only change adds 0
+COMPUTE_COUNTS: Counter[str] = Counter()
+DISPLAY_SIDE = 224  # pictures are shown at this size (CIFAR's 32 px upscaled, photos reduced)
+SOURCE_MAX_SIDE = 512  # the copy kept for the models' input; the full upload is not kept in memory
+
+
+def _count(kind: str) -> None:
+    with _COUNT_LOCK:
+        COMPUTE_COUNTS[kind] += 1
+
+
+@st.cache_data(show_spinner=False)
+def gallery() -> dict[str, list[str]]:
+    """class -> paths of the shipped sample test images (the offline gallery)."""
+    from attnviz.data import SAMPLE_DIR
+
+    test = SAMPLE_DIR / "test"
+    return {d.name: sorted(str(p) for p in d.glob("*.jpg")) for d in sorted(test.iterdir()) if d.is_dir()}
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def _decode(digest: str, _data: bytes) -> dict:
+    from PIL import Image
+
+    from attnviz.errors import ImageError
+    from attnviz.images import read_image
+
+    try:
+        loaded = read_image(_data)
+    except ImageError as err:
+        return {"error": str(err)}
+    image = loaded.image
+    source = image.copy()
+    if max(source.size) > SOURCE_MAX_SIDE:
+        source.thumbnail((SOURCE_MAX_SIDE, SOURCE_MAX_SIDE), Image.Resampling.LANCZOS)
+    scale = DISPLAY_SIDE / max(image.size)
+    display_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS
+    display = source.resize(display_size, resample)
+    return {"error": None, "source": source, "display": display, "notes": list(loaded.notes),
+            "size": image.size, "format": loaded.format}
+
+
+def decode(name: str, data: bytes) -> dict:
+    """An input picture through `attnviz.images.read_image`: ``{"name", "digest", "error"}`` plus, when
+    it decoded, ``source`` (<= 512 px, what the models see), ``display`` (224 px) and ``notes``.
+    A bad file gets ``error`` = one sentence and no picture; it never raises."""
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    return {"name": name, "digest": digest, **_decode(digest, data)}
+
+
+def _inputs(card: dict, items: list[dict]):
+    from attnviz.images import preprocess
+
+    return preprocess([item["source"] for item in items], card)
+
+
+def _np(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().cpu().numpy()
+    return value
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def probe_images(model_id: str, digests: tuple[str, ...], _items: list[dict]) -> dict:
+    """One forward pass with every attention tap recorded (`attnviz.probe`), as numpy:
+    ``{"probs": [N, K], "sites": {site: {"kind", "channel_weights", "hidden", "spatial", ...}}}``."""
+    from attnviz.probes import probe
+
+    _count("probe")
+    model, card = load_model(model_id)
+    result = probe(model, _inputs(card, _items))
+    sites = {}
+    for site in result:
+        fields = {k: _np(v) for k, v in vars(site).items() if k not in ("taps",)}
+        sites[site.site] = fields
+    return {"probs": _np(result.probs), "sites": sites}
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def explain_images(model_id: str, digests: tuple[str, ...], _items: list[dict], method: str,
+                   target, layer: str | None, branches: bool = False) -> list[dict]:
+    """Heat maps of one model for a batch of pictures (`attnviz.explain`), as plain dicts."""
+    from attnviz.explain import explain
+
+    _count("explain")
+    model, card = load_model(model_id)
+    results = explain({model_id: model}, _inputs(card, _items), target=target, method=method, layer=layer,
+                      branches=branches)
+    return [{"image_index": r.image_index, "rank": r.rank, "branch": r.branch, "target": r.target,
+             "target_prob": r.target_prob, "predicted": r.predicted, "layer": r.layer, "heatmap": r.heatmap,
+             "raw": r.raw} for r in results]
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def faithfulness_scores(model_id: str, digests: tuple[str, ...], _items: list[dict], method: str,
+                        target, layer: str | None) -> list[dict]:
+    """Deletion / insertion AUC of each map of `explain_images` (same order; branch maps left out)."""
+    import numpy as np
+
+    from attnviz.explain import deletion_insertion
+
+    maps = [e for e in explain_images(model_id, digests, _items, method, target, layer) if e["branch"] is None]
+    _count("faithfulness")
+    model, card = load_model(model_id)
+    x = _inputs(card, _items)[[e["image_index"] for e in maps]]
+    scores = deletion_insertion(model, x, np.stack([e["heatmap"] for e in maps]), [e["target"] for e in maps])
+    return [{"deletion": float(d), "insertion": float(i), "deletion_curve": dc, "insertion_curve": ic}
+            for d, i, dc, ic in zip(scores.deletion_auc, scores.insertion_auc, scores.deletion_curve,
+                                    scores.insertion_curve, strict=True)]
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def module_mask_scores(model_id: str, digests: tuple[str, ...], _items: list[dict]) -> dict[str, dict]:
+    """The modules' own spatial masks (`attnviz.explain.module_masks`, input resolution) with their
+    deletion / insertion AUC for the predicted class: site -> {"masks": [N, H, W], "deletion", "insertion"}."""
+    from attnviz.explain import deletion_insertion, module_masks
+
+    _count("masks")
+    model, card = load_model(model_id)
+    x = _inputs(card, _items)
+    masks = module_masks(model, x)
+    if not masks:
+        return {}
+    predicted = probe_images(model_id, digests, _items)["probs"].argmax(axis=1).tolist()
+    out = {}
+    for site, array in masks.items():
+        scores = deletion_insertion(model, x, array, predicted)
+        out[site] = {"masks": array, "deletion": scores.deletion_auc, "insertion": scores.insertion_auc}
+    return out
+
+
+def model_layers(model_id: str) -> dict:
+    """Stage names and the default CAM layer of a model (for the layer picker)."""
+    model, _ = load_model(model_id)
+    return {"stages": list(model.stage_names), "default": model.default_cam_layer,
+            "interflow": bool(getattr(model, "is_interflow", False))}
+
+
+@st.cache_data(show_spinner=False)
+def explain_methods() -> list[str]:
+    from attnviz.explain import METHODS
+
+    return list(METHODS)
+
+
+@st.cache_data(show_spinner=False)
+def colormaps() -> list[str]:
+    from attnviz.overlay import list_colormaps
+
+    return list_colormaps()
+
+
+def overlay_png(display, heatmap, colormap: str, opacity: float) -> bytes:
+    """PNG of a heat map over the display picture (`attnviz.overlay.overlay_png`); not cached: cheap."""
+    from attnviz.overlay import overlay_png as _overlay_png
+
+    return _overlay_png(display, heatmap, colormap=colormap, opacity=opacity)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions a page turns into one sentence (anything else is a bug and keeps its traceback)."""
+    from attnviz.errors import AttnvizError
+
+    return (AttnvizError,)
+
+
+def comparison_report(model_ids: list[str], *, method: str, target: str, target_label: str, layer: str,
+                      colormap: str, opacity: float, figures: list[dict], score_rows: list[dict]) -> str:
+    """The Inspect comparison as one self-contained HTML document (`attnviz.report`)."""
+    from attnviz.report import Report, ReportFigure, ReportModel, render_html
+
+    zoo = zoo_by_id()
+    models = [ReportModel(name=zoo[i]["name"], spec=zoo[i]["spec"], weights_sha256=zoo[i]["weights_sha256"],
+                          source=zoo[i]["source"], dataset=zoo[i]["dataset"], test_acc=zoo[i]["test_acc"])
+              for i in model_ids]
+    report = Report(
+        title="attnviz comparison",
+        models=models,
+        settings={"method": method, "target": f"{target_label} ({target})", "layer": layer,
+                  "colour map": colormap, "overlay opacity": f"{opacity:.2f}",
+                  "heat map scale": "each map in [0, 1]; module masks on their own [0, 1] values"},
+        figures=[ReportFigure(png=f["png"], caption=f["caption"], row=f["row"], column=f["column"]) for f in figures],
+        tables=[("Scores", score_rows)] if score_rows else [],
+        notes=["Untrained models have random weights; their maps are noise."]
+        if any(m.source == "untrained" for m in models) else [],
+    )
+    return render_html(report)

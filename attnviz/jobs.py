@@ -47,11 +47,12 @@ TERMINAL_STATES = ("finished", "failed", "cancelled", "diverged", "interrupted")
 
 
 def attnviz_home() -> Path:
+    """``$ATTNVIZ_HOME`` or ``~/.attnviz`` (the same rule as ``attnviz.checkpoints.attnviz_home``)."""
     return Path(os.environ.get("ATTNVIZ_HOME") or Path.home() / ".attnviz").expanduser()
 
 
 def runs_dir() -> Path:
-    """Where the app's training runs go: ``$ATTNVIZ_HOME/runs`` (default ``~/.attnviz/runs``)."""
+    """Where the app's training runs go: ``$ATTNVIZ_HOME/runs``, which ``list_checkpoints`` scans."""
     return attnviz_home() / "runs"
 
 

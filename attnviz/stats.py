@@ -29,3 +29,41 @@ def count_flops(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> 
         return int(counter.get_total_flops())
     finally:
         model.train(was_training)
+
+
+def params_table(archs=None, attentions=None, class_counts=(10, 100), include_interflow: bool = True) -> list[dict]:
+    """Measured params and FLOPs for every backbone x attention (x class count), with the paper's figure.
+
+    Each row: spec, num_classes, params, params_m, flops, mflops, paper_params_m, paper_source, delta_m.
+    """
+    from attnviz.layers.create_attn import list_attentions
+    from attnviz.models.interflow import MODES
+    from attnviz.models.registry import create_model, list_archs
+    from attnviz.paper_tables import paper_params
+
+    archs = archs or list_archs()
+    attentions = attentions or ([a for a in list_attentions()] + ["se-felu"])
+    rows = []
+    for arch in archs:
+        specs = [arch if a == "none" else f"{arch}-{a}" for a in attentions]
+        if include_interflow:
+            specs += [f"{arch}-interflow-{mode}" for mode in MODES]
+        for num_classes in class_counts:
+            for spec in specs:
+                model = create_model(spec, num_classes=num_classes)
+                params = count_params(model)
+                flops = count_flops(model)
+                paper = paper_params(spec, num_classes)
+                rows.append({
+                    "spec": spec,
+                    "num_classes": num_classes,
+                    "params": params,
+                    "params_m": round(params / 1e6, 3),
+                    "flops": flops,
+                    "mflops": round(flops / 1e6, 1),
+                    "paper_params_m": paper[0] if paper else None,
+                    "paper_source": paper[1] if paper else None,
+                    "delta_m": round(params / 1e6 - paper[0], 3) if paper else None,
+                })
+                del model
+    return rows

@@ -14,6 +14,7 @@ st.markdown(
     "on this installation's zoo."
 )
 
+services.sidebar()
 # The papers' numbers as printed (quotations, not results of this code).
 FELU_TABLE_1 = [  # FeLU paper, table 1: MNIST, normalised inputs; metrics A-D over 5 runs (accuracy %)
     ("SoftPlus", 97.63, 97.76, 97.68, 97.89), ("Sigmoid", 97.53, 97.61, 97.60, 97.76),

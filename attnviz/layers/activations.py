@@ -23,8 +23,8 @@ the "slightly below zero" output the paper describes (``felu_minimum`` finds it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

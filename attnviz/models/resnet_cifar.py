@@ -40,7 +40,7 @@ class ZeroPadShortcut(nn.Module):
 def _shortcut(in_channels: int, out_channels: int, stride: int, kind: str) -> nn.Module:
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
-    if kind == "A":
+    if str(kind).upper() == "A":
         return ZeroPadShortcut(in_channels, out_channels)
     return nn.Sequential(conv(in_channels, out_channels, 1, stride), nn.BatchNorm2d(out_channels))
 

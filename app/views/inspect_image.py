@@ -1,0 +1,176 @@
+"""Inspect an image: predictions and heat maps of every chosen model side by side, with faithfulness."""
+
+import streamlit as st
+
+import components as ui
+import services
+
+st.title("Inspect an image")
+st.markdown("Pick pictures, then compare what each chosen model predicts and *where* it looks: one row per "
+            "picture, one column per model. Deletion/insertion scores under each map say how faithful it is.")
+
+chosen = services.sidebar()
+zoo = services.zoo_by_id()
+if not chosen:
+    st.info("Choose at least one model in the sidebar (or tick rows on the Zoo page).")
+    st.stop()
+models = [zoo[i] for i in chosen]
+colors = [ui.model_color(i) for i in range(len(models))]
+
+sources = ui.image_inputs(services.gallery(), key="inspect")
+items = [services.decode(name, data) for name, data in sources]
+good = [item for item in items if item["error"] is None]
+if not items:
+    st.info("Pick a gallery image, upload one, or take a picture to begin.")
+    st.stop()
+
+# ---------------------------------------------------------------------------------------- controls
+first_card = services.load_model(models[0]["id"])[1]
+class_names = list(first_card.get("class_names") or [str(i) for i in range(models[0]["num_classes"])])
+methods = services.explain_methods()
+c_method, c_target, c_layer, c_opts = st.columns([1.2, 1.2, 1, 1.2])
+method = c_method.selectbox("Method", methods, format_func=lambda m: ui.METHOD_LABELS.get(m, m), key="inspect_method")
+target_options = ["predicted", "top3", *[f"class:{i}" for i in range(len(class_names))]]
+target_choice = c_target.selectbox(
+    "Target class", target_options, key="inspect_target",
+    format_func=lambda t: {"predicted": "the predicted class", "top3": "each of the top 3"}.get(
+        t, class_names[int(t.split(":")[1])] if t.startswith("class:") else t),
+)
+target = {"predicted": "predicted", "top3": ("topk", 3)}.get(target_choice)
+if target is None:
+    target = int(target_choice.split(":")[1])
+stage_count = min(len(services.model_layers(m["id"])["stages"]) for m in models)
+layer_choice = c_layer.selectbox(
+    "Layer", list(range(stage_count, 0, -1)), key="inspect_layer",
+    format_func=lambda k: f"stage {k} output" + (" (default)" if k == stage_count else ""),
+    help="CAM methods look at this stage's output; attribution methods work on the input pixels.",
+)
+with c_opts:
+    show_scores = st.toggle("Deletion / insertion scores", value=True, key="inspect_scores")
+    show_masks = st.toggle("Modules' own spatial masks", value=False, key="inspect_masks",
+                           help="LGAM, CBAM, BAM and SGE compute a spatial mask of their own.")
+
+
+def layer_of(model_id: str) -> str:
+    return services.model_layers(model_id)["stages"][layer_choice - 1]
+
+
+# ------------------------------------------------------------------------------------------ compute
+digests = tuple(item["digest"] for item in good)
+results, scores, masks, errors = {}, {}, {}, {}
+if good:
+    with st.spinner(f"Running {ui.METHOD_LABELS.get(method, method)} on {len(good)} picture(s) x {len(models)} model(s)..."):
+        for m in models:
+            try:
+                probs = services.probe_images(m["id"], digests, good)["probs"]
+                maps = services.explain_images(m["id"], digests, good, method, target, layer_of(m["id"]))
+                results[m["id"]] = {"probs": probs, "maps": maps}
+                if show_scores:
+                    scores[m["id"]] = services.faithfulness_scores(m["id"], digests, good, method, target,
+                                                                   layer_of(m["id"]))
+                if show_masks:
+                    masks[m["id"]] = services.module_mask_scores(m["id"], digests, good)
+            except services.user_errors() as err:
+                errors[m["id"]] = str(err)
+for model_id, message in errors.items():
+    st.error(f"{zoo[model_id]['name']}: {message}")
+
+# ------------------------------------------------------------------------------------- predictions
+st.subheader("Predictions")
+for index, item in enumerate(good):
+    probs = {zoo[mid]["name"]: r["probs"][index] for mid, r in results.items()}
+    if not probs:
+        break
+    left, right = st.columns([1, 5], vertical_alignment="center")
+    left.image(item["display"], caption=item["name"], width=120)
+    right.plotly_chart(ui.topk_figure(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
+                       key=f"inspect_topk_{index}")
+st.caption("Top-5 classes of each model for each picture: look for models that agree, and for how sure "
+           "they are. Untrained models spread their probability almost evenly.")
+
+# ---------------------------------------------------------------------------------------- the grid
+st.subheader("Where each model looks")
+
+
+@st.fragment
+def heat_map_grid() -> None:
+    """Display settings only: changing them redraws this part and runs no model."""
+    d1, d2, d3 = st.columns([1, 1, 2])
+    colormap = d1.selectbox("Colour map", services.colormaps(), key="inspect_cmap",
+                            index=services.colormaps().index("jet") if "jet" in services.colormaps() else 0)
+    opacity = d2.slider("Heat map opacity", 0.0, 1.0, 0.5, 0.05, key="inspect_opacity")
+    mask_site = d3.radio("Module mask shown", ["deepest site", "shallowest site"], horizontal=True,
+                         key="inspect_mask_site", disabled=not show_masks)
+    figures = []
+    header = st.columns([1] + [2] * len(models))
+    header[0].markdown("**picture**")
+    for col, m in zip(header[1:], models, strict=True):
+        tag = " *(untrained)*" if m["source"] == "untrained" else ""
+        col.markdown(f"<span style='color:{colors[chosen.index(m['id'])]}'>■</span> **{m['name']}**{tag}",
+                     unsafe_allow_html=True)
+    good_index = {item["digest"]: i for i, item in enumerate(good)}
+    for row, item in enumerate(items):
+        cells = st.columns([1] + [2] * len(models))
+        if item["error"] is not None:
+            cells[0].markdown(f"**{item['name']}**")
+            cells[1].warning(f"{item['name']} could not be used: {item['error']}.", icon=":material/broken_image:")
+            continue
+        index = good_index[item["digest"]]
+        cells[0].image(item["display"], caption=item["name"], width="stretch")
+        for note in item["notes"]:
+            cells[0].caption(note)
+        for col, m in zip(cells[1:], models, strict=True):
+            if m["id"] not in results:
+                col.caption("no result (see the message above)")
+                continue
+            maps = [(j, e) for j, e in enumerate(results[m["id"]]["maps"]) if e["image_index"] == index
+                    and e["branch"] is None]
+            for j, e in maps:
+                png = services.overlay_png(item["display"], e["heatmap"], colormap, opacity)
+                label = class_names[e["target"]] if e["target"] < len(class_names) else str(e["target"])
+                text = f"{label} · p={e['target_prob']:.2f}"
+                if m["id"] in scores:
+                    s = scores[m["id"]][j]
+                    text += f" · deletion {s['deletion']:.3f} · insertion {s['insertion']:.3f}"
+                col.image(png, caption=text, width="stretch")
+                col.download_button("PNG", png, file_name=f"{item['name']}-{m['name']}-{method}-{label}.png",
+                                    mime="image/png", key=f"dl_{row}_{m['id']}_{j}", icon=":material/download:",
+                                    on_click="ignore")
+                figures.append({"png": png, "row": item["name"], "column": m["name"], "caption": text})
+            if show_masks:
+                sites = list(masks.get(m["id"], {}))
+                if not sites:
+                    col.caption("no spatial mask: this model's modules are channel-only")
+                    continue
+                site = sites[-1] if mask_site == "deepest site" else sites[0]
+                info = masks[m["id"]][site]
+                png = services.overlay_png(item["display"], info["masks"][index], colormap, opacity)
+                text = f"mask {site} · deletion {info['deletion'][index]:.3f} · insertion {info['insertion'][index]:.3f}"
+                col.image(png, caption=text, width="stretch")
+                figures.append({"png": png, "row": item["name"], "column": f"{m['name']} mask {site}", "caption": text})
+    st.caption("Heat maps are scaled to [0, 1] per map with one colour scale for every model; module masks "
+               "are shown on their own [0, 1] values. Deletion (lower is better) and insertion (higher is "
+               "better) measure how fast the class probability falls or rises when the hottest pixels go or come.")
+    if figures:
+        html = services.comparison_report(
+            [m["id"] for m in models if m["id"] in results], method=method, target=target_choice,
+            target_label=ui.target_label(target_choice, class_names), layer=f"stage {layer_choice}",
+            colormap=colormap, opacity=opacity, figures=figures, score_rows=ui.score_rows(models, results, scores,
+                                                                                        good, class_names))
+        st.download_button("Download the whole comparison (HTML report)", html, file_name="attnviz-comparison.html",
+                           mime="text/html", key="inspect_report", icon=":material/description:", on_click="ignore")
+
+
+heat_map_grid()
+
+if show_scores and scores and good:
+    st.subheader("Deletion and insertion curves (first picture)")
+    first = {zoo[mid]["name"]: s[0] for mid, s in scores.items()}
+    c1, c2 = st.columns(2)
+    mcolors = [colors[chosen.index(mid)] for mid in scores]
+    c1.plotly_chart(ui.curves_figure({n: s["deletion_curve"] for n, s in first.items()}, mcolors,
+                                     y_title="target probability"), key="inspect_del")
+    c1.caption("Deletion: the hottest pixels are removed first; a faithful map makes the curve drop fast.")
+    c2.plotly_chart(ui.curves_figure({n: s["insertion_curve"] for n, s in first.items()}, mcolors,
+                                     y_title="target probability"), key="inspect_ins")
+    c2.caption("Insertion: the hottest pixels are restored first on a blurred picture; faithful maps rise fast.")

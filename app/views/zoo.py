@@ -1,0 +1,73 @@
+"""Zoo: every model (shipped, your runs, untrained architectures) in one table; pick what to compare."""
+
+from functools import partial
+
+import streamlit as st
+
+import components as ui
+import services
+
+st.title("Model zoo")
+st.markdown("Every model this installation can show. Tick rows to compare them: the choice holds on every "
+            "page and is kept in the page address, so a view can be shared by copying the URL.")
+
+chosen = services.sidebar()
+with st.spinner("Counting parameters and FLOPs and timing each model on the CPU (once; cached afterwards)..."):
+    rows = services.zoo_rows_with_costs()
+
+trained = [r for r in rows if r["source"] != "untrained"]
+if not any(r["source"] == "shipped" for r in rows):
+    st.warning(
+        "No trained weights are shipped with this installation yet. The table lists the zoo's "
+        "architectures as **untrained** models (random weights): their predictions and maps are noise "
+        "and are labelled so everywhere. Train one on the **Train** page and it appears here.",
+        icon=":material/info:",
+    )
+
+show_untrained = st.toggle("Show untrained architectures", value=not trained, key="zoo_untrained",
+                           help="Architectures of the zoo without a trained checkpoint (random weights).")
+table_rows = [r for r in rows if show_untrained or r["source"] != "untrained" or r["id"] in chosen]
+ids = [r["id"] for r in table_rows]
+# A new key whenever the choice changes elsewhere (sidebar, URL) so the table's ticks follow it.
+table_key = "zoo_table_" + ui.short_hash([chosen, ids])
+
+
+def _select_from_table(key: str, row_ids: list[str]) -> None:
+    selection = st.session_state[key].selection.rows
+    st.session_state["models"] = [row_ids[i] for i in selection][:8]
+
+
+st.dataframe(
+    ui.zoo_table(table_rows),
+    key=table_key, on_select=partial(_select_from_table, table_key, ids), selection_mode="multi-row", hide_index=True,
+    selection_default={"selection": {"rows": [i for i, row_id in enumerate(ids) if row_id in chosen]}},
+    column_config=ui.ZOO_COLUMNS,
+)
+st.caption("Test accuracy is what the trainer measured on the dataset's test split (in the model card); "
+           "CPU latency is the median batch-1 forward time on this machine. Look at what each module "
+           "costs (params, FLOPs, ms) against what it buys (accuracy).")
+
+if not chosen:
+    st.info("Tick one or more rows to compare them here and on the other pages.")
+    st.stop()
+
+picked = [r for r in rows if r["id"] in chosen]
+st.subheader("The chosen models")
+left, right = st.columns(2)
+with left:
+    scored = [r for r in picked if r["test_acc"] is not None]
+    if scored:
+        st.plotly_chart(ui.bar_figure([r["name"] for r in scored], [100 * r["test_acc"] for r in scored],
+                                      colors=[ui.model_color(chosen.index(r["id"])) for r in scored],
+                                      y_title="test accuracy %", text_format=".2f",
+                                      y_range=(max(0, min(100 * r["test_acc"] for r in scored) - 5), 100)),
+                        key="zoo_acc")
+        st.caption("Test accuracy of each chosen model; the y axis starts just below the lowest bar, so "
+                   "read the numbers, not the bar heights.")
+    else:
+        st.info("None of the chosen models is trained, so there is no accuracy to compare.")
+with right:
+    st.plotly_chart(ui.cost_figure(picked, [ui.model_color(chosen.index(r["id"])) for r in picked]),
+                    key="zoo_cost")
+    st.caption("Cost of each chosen model: parameters (bars, left axis) and CPU latency (diamonds, right "
+               "axis). An attention module should add little of either.")

@@ -1,0 +1,14 @@
+import os
+
+import pytest
+import torch
+
+# Tests share 2 cores with each other's processes; keep torch from oversubscribing.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """User state (runs, caches) goes to a temporary folder, never to ~/.attnviz."""
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path / "attnviz-home"))
+    yield

@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from attnviz.checkpoints import save_checkpoint
+from attnviz.cli import main
+from attnviz.device import pick_device
+from attnviz.errors import AttnvizError
+from attnviz.models.registry import create_model
+
+
+def test_params_json_has_paper_figures(capsys):
+    assert main(["params", "--arch", "resnet18", "--classes", "10", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_spec = {r["spec"]: r for r in rows}
+    assert by_spec["resnet18-lgam"]["paper_params_m"] == 11.20
+    assert abs(by_spec["resnet18-lgam"]["delta_m"]) <= 0.02
+    assert by_spec["resnet18"]["flops"] > 1e9
+
+
+def test_params_table_text(capsys):
+    assert main(["params", "--arch", "resnet20", "--classes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20-se-felu" in out and "MFLOPs" in out
+
+
+def test_bad_arguments_exit_2_with_one_line(capsys):
+    assert main(["params", "--arch", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as info:
+        main(["params", "--bogus"])
+    assert info.value.code == 2
+
+
+def test_zoo_list_json(tmp_path, monkeypatch, capsys):
+    save_checkpoint(create_model("resnet20"), tmp_path, "mine", {"dataset": "sample", "metrics": {"test_acc": 0.5}})
+    monkeypatch.setenv("ATTNVIZ_CHECKPOINTS", str(tmp_path))
+    assert main(["zoo", "list", "--json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "mine"]
+    assert rows and rows[0]["test_acc"] == 0.5 and rows[0]["spec"] == "resnet20"
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "attnviz", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("attnviz ")
+
+
+def test_device_choice():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device(None).type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(AttnvizError):
+            pick_device("cuda")
+    with pytest.raises(AttnvizError):
+        pick_device("tpu")
