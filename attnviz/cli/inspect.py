@@ -23,6 +23,7 @@ from pathlib import Path
 
 from attnviz.errors import AttnvizError, CheckpointError
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_CARD = {
     "input_size": [32, 32], "in_chans": 3, "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616],
 }
@@ -94,6 +95,8 @@ def _load_one(ref: str, device, load_checkpoint) -> tuple[str, object, dict]:
         except AttnvizError as spec_err:
             raise AttnvizError(f"'{ref}' is neither a checkpoint ({checkpoint_err}) nor a model spec ({spec_err})") from spec_err
         card = dict(CIFAR10_CARD, name=ref, spec=model.spec, num_classes=model.num_classes, untrained=True)
+        if model.num_classes == len(CIFAR10_CLASSES):
+            card["class_names"] = list(CIFAR10_CLASSES)
         return ref, model.to(device), card
 
 
@@ -141,11 +144,12 @@ def _describe_site(summary: dict) -> str:
                      f"|A''| {summary['a_double_prime_norm']:.1f}")
     if "branch_weights" in summary:
         weights = summary["branch_weights"]
-        if weights and isinstance(weights[0], list):
-            text = "; ".join("[" + " ".join(f"{w:.2f}" for w in row) + "]" for row in weights)
+        if weights and isinstance(weights[0], list):  # per_class: [n, K]; show each branch's mean over classes
+            text = " ".join(f"{sum(row) / len(row):.3f}" for row in weights) + " (mean over classes)"
         else:
             text = " ".join(f"{w:.3f}" for w in weights)
-        parts.append(f"{summary['mode']} branch weights {text}; branch predictions {summary['branch_predictions'][0]}")
+        predicted = ", ".join(str(c) for c in summary["branch_predictions"][0])
+        parts.append(f"{summary['mode']} branch weights {text}; branch predictions {predicted}")
     return ": ".join(parts[:1]) + " " + ", ".join(parts[1:])
 
 
