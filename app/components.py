@@ -135,6 +135,7 @@ ZOO_COLUMNS = {
     "FLOPs (M)": st.column_config.NumberColumn("FLOPs (M)", format="%.1f", help="per 32x32 image, multiply-add = 2"),
     "test acc %": st.column_config.NumberColumn("test acc %", format="%.2f"),
     "CPU ms": st.column_config.NumberColumn("CPU ms", format="%.2f", help="median batch-1 forward on this CPU"),
+    "epochs": st.column_config.NumberColumn("epochs", format="%.2g", help="epochs trained"),
 }
 
 
@@ -150,28 +151,36 @@ def zoo_table(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         out.append({
-            "model": r["name"], "source": r["source"], "spec": r["spec"], "attention": r["attention"],
+            "model": r["name"], "source": r["source"] + ("" if r.get("status") in ("complete", "untrained", None)
+                                                         else f" ({r['status']})"),
+            "spec": r["spec"], "attention": r["attention"],
             "activation": r["activation"], "interflow": r["interflow"], "dataset": r["dataset"],
             "params (M)": None if r["params"] is None else r["params"] / 1e6,
             "FLOPs (M)": None if r["flops"] is None else r["flops"] / 1e6,
             "test acc %": None if r["test_acc"] is None else 100 * r["test_acc"],
             "CPU ms": r["cpu_latency_ms"],
+            "epochs": r.get("epochs"),
         })
     return out
 
 
 def cost_figure(rows: list[dict], colors: list[str]) -> go.Figure:
-    """Parameters (bars, left axis) and CPU latency (markers, right axis) per model."""
+    """Parameters and CPU latency per model, as two bar charts side by side."""
+    from plotly.subplots import make_subplots
+
     names = [r["name"] for r in rows]
-    fig = go.Figure()
-    fig.add_trace(go.Bar(x=names, y=[(r["params"] or 0) / 1e6 for r in rows], marker_color=colors,
-                         name="params (M)", texttemplate="%{y:.3f}M", textposition="outside", cliponaxis=False))
-    fig.add_trace(go.Scatter(x=names, y=[r["cpu_latency_ms"] for r in rows], mode="markers", yaxis="y2",
-                             name="CPU ms", marker=dict(symbol="diamond", size=13, color="#18181b")))
-    fig.update_layout(yaxis=dict(title="parameters (millions)"),
-                      yaxis2=dict(title="CPU latency (ms)", overlaying="y", side="right", rangemode="tozero"),
-                      hovermode="x")
-    return _layout(fig, height=320)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["parameters (thousands)", "CPU latency (ms, batch 1)"],
+                        horizontal_spacing=0.12)
+    fig.add_trace(go.Bar(x=names, y=[(r["params"] or 0) / 1e3 for r in rows], marker_color=colors,
+                         texttemplate="%{y:.1f}k", textposition="outside", cliponaxis=False, showlegend=False),
+                  row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=[r["cpu_latency_ms"] for r in rows], marker_color=colors,
+                         texttemplate="%{y:.2f}", textposition="outside", cliponaxis=False, showlegend=False),
+                  row=1, col=2)
+    fig.update_layout(hovermode="closest")
+    fig = _layout(fig, height=320)
+    fig.update_layout(margin=dict(t=40))
+    return fig
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -223,7 +232,7 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
     return sources
 
 
-def topk_figure(probs_by_model: dict[str, "np.ndarray"], class_names: list[str], colors: list[str],
+def topk_figure(probs_by_model: dict[str, np.ndarray], class_names: list[str], colors: list[str],
                 k: int = 5) -> go.Figure:
     """Horizontal bars: the top-k classes of each model for one picture, side by side."""
     from plotly.subplots import make_subplots
@@ -239,7 +248,9 @@ def topk_figure(probs_by_model: dict[str, "np.ndarray"], class_names: list[str],
         fig.update_xaxes(range=[0, 1.15], tickformat=".0%", row=1, col=col)
     fig.update_annotations(font_size=12)
     fig.update_layout(hovermode="closest")
-    return _layout(fig, height=60 + 28 * k, title=None)
+    fig = _layout(fig, height=70 + 28 * k, title=None)
+    fig.update_layout(margin=dict(t=30))  # room for the per-model subplot titles
+    return fig
 
 
 def curves_figure(curves: dict[str, np.ndarray], colors: list[str], *, y_title: str) -> go.Figure:
@@ -279,3 +290,170 @@ def score_rows(models: list[dict], results: dict, scores: dict, images: list[dic
                 row["insertion AUC"] = round(scores[m["id"]][j]["insertion"], 4)
             rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------------------- training
+def live_curves_figure(summary: dict, *, metric: str) -> go.Figure:
+    """One run's live curve: per-step training values (line) and per-epoch test values (markers).
+
+    ``metric`` is "loss" or "acc"."""
+    steps = summary["steps"]
+    epochs = summary["epochs"]
+    fig = go.Figure()
+    if metric == "loss":
+        fig.add_trace(go.Scatter(x=steps["epoch_float"], y=steps["loss"], mode="lines", name="train loss (running mean)",
+                                 line=dict(color="#c2410c")))
+        fig.add_trace(go.Scatter(x=[e["epoch"] for e in epochs], y=[e.get("test_loss") for e in epochs],
+                                 mode="lines+markers", name="test loss", line=dict(color="#1d4ed8", dash="dot")))
+        fig.update_yaxes(title="cross-entropy", rangemode="tozero")
+    else:
+        fig.add_trace(go.Scatter(x=steps["epoch_float"], y=steps["train_acc"], mode="lines",
+                                 name="train accuracy (running)", line=dict(color="#c2410c")))
+        fig.add_trace(go.Scatter(x=[e["epoch"] for e in epochs], y=[e.get("test_acc") for e in epochs],
+                                 mode="lines+markers", name="test accuracy", line=dict(color="#1d4ed8", dash="dot")))
+        fig.update_yaxes(title="accuracy", range=[0, 1], tickformat=".0%")
+    fig.update_xaxes(title="epoch", rangemode="tozero")
+    return _layout(fig, height=300)
+
+
+def runs_overlay_figure(histories: dict[str, list[dict]], colors: list[str], *, key: str, y_title: str,
+                        percent: bool = False) -> go.Figure:
+    """Per-epoch curves of several runs on one chart (``key`` of each epoch dict, e.g. test_acc)."""
+    fig = go.Figure()
+    for (name, history), color in zip(histories.items(), colors, strict=True):
+        fig.add_trace(go.Scatter(x=[h["epoch"] for h in history], y=[h.get(key) for h in history],
+                                 mode="lines+markers", name=name, line=dict(color=color)))
+    fig.update_xaxes(title="epoch", dtick=1 if max((len(h) for h in histories.values()), default=0) <= 15 else None)
+    fig.update_yaxes(title=y_title, tickformat=".0%" if percent else None, rangemode="tozero")
+    return _layout(fig, height=320)
+
+
+def site_bars_figure(values: dict[str, float], *, y_title: str, color: str = "#1d4ed8",
+                     y_range: tuple[float, float] | None = (0, 1)) -> go.Figure:
+    """One bar per attention site (e.g. its mean channel weight this epoch)."""
+    return bar_figure(list(values), list(values.values()), colors=color, y_title=y_title, y_range=y_range,
+                      height=280, text_format=".3f")
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+# ------------------------------------------------------------------------------------- channel maps
+def short_site(site: str) -> str:
+    """'layer2.1.attn' -> 'layer2.1' (the block), for axis labels."""
+    return site[:-len(".attn")] if site.endswith(".attn") else site
+
+
+def block_channel_figure(weights: dict[str, np.ndarray], *, height: int | None = None) -> go.Figure:
+    """Blocks (rows) x channels (columns) of channel weights on the fixed [0, 1] scale.
+
+    Stages have different widths (16/32/64 in ResNet-20): narrower rows are padded with blanks."""
+    sites = list(weights)
+    width = max(len(w) for w in weights.values())
+    grid = np.full((len(sites), width), np.nan)
+    for i, site in enumerate(sites):
+        grid[i, : len(weights[site])] = weights[site]
+    fig = go.Figure(go.Heatmap(z=grid, x=list(range(width)), y=[short_site(s) for s in sites], zmin=0, zmax=1,
+                               colorscale=WEIGHT_SCALE, colorbar=dict(title="weight", thickness=12),
+                               hovertemplate="%{y} channel %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title="block")
+    fig.update_xaxes(title="channel")
+    fig.update_layout(hovermode="closest")
+    return _layout(fig, height=height or 80 + 22 * len(sites))
+
+
+def channel_bars_figure(series: dict[str, np.ndarray], colors: list[str]) -> go.Figure:
+    """Channel weights of one block for one or two pictures (grouped bars, [0, 1] axis)."""
+    fig = go.Figure()
+    for (name, values), color in zip(series.items(), colors, strict=True):
+        fig.add_trace(go.Bar(x=list(range(len(values))), y=values, name=name, marker_color=color))
+    fig.update_layout(barmode="group", hovermode="x")
+    fig.update_xaxes(title="channel")
+    fig.update_yaxes(title="channel weight", range=[0, 1])
+    return _layout(fig, height=280)
+
+
+CLASS_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                "#bcbd22", "#17becf"]
+
+
+def profiles_figure(mean: np.ndarray, class_names: list[str], *, title: str) -> go.Figure:
+    """Class-wise mean excitation of one block: one line per class across its channels (SE paper fig. 6)."""
+    fig = go.Figure()
+    for k, name in enumerate(class_names):
+        fig.add_trace(go.Scatter(x=list(range(mean.shape[1])), y=mean[k], mode="lines", name=name,
+                                 line=dict(width=1.4, color=CLASS_COLORS[k % len(CLASS_COLORS)])))
+    fig.update_xaxes(title="channel")
+    fig.update_yaxes(title="mean weight", range=[0, 1])
+    fig.update_layout(hovermode="closest")
+    return _layout(fig, height=300, title=title)
+
+
+def lines_figure(series: dict[str, dict[str, float]], *, x_title: str, y_title: str) -> go.Figure:
+    """One line per model over categorical x values (e.g. blocks), model colours by position."""
+    fig = go.Figure([go.Scatter(x=list(values), y=list(values.values()), mode="lines+markers", name=name,
+                                line=dict(color=model_color(i))) for i, (name, values) in enumerate(series.items())])
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title, rangemode="tozero")
+    return _layout(fig, height=300)
+
+
+def pick_models(chosen: list[str], zoo: dict[str, dict], rows: list[dict], *, wanted, fallback_specs: list[str],
+                what: str) -> list[dict]:
+    """The chosen models a page can use (``wanted(row)``), else the zoo's ``fallback_specs`` (trained
+    ones first), saying so on the page."""
+    models = [zoo[i] for i in chosen if wanted(zoo[i])]
+    if models:
+        return models
+    trained = [r for r in rows if r["spec"] in fallback_specs and r["source"] != "untrained"]
+    models = trained or [r for r in rows if r["spec"] in fallback_specs]
+    if models:
+        st.info("None of the chosen models has " + what + ", so this page shows "
+                + " and ".join(f"**{m['name']}**" for m in models) + ". Choose others in the sidebar.",
+                icon=":material/info:")
+    return models
+
+
+def untrained_warning(models: list[dict]) -> None:
+    if any(m["source"] == "untrained" for m in models):
+        st.warning("Some models here are untrained: what they show comes from random weights and only "
+                   "illustrates the mechanics.", icon=":material/warning:")
+
+
+def branch_class_figure(matrix: np.ndarray, class_names: list[str], *, zmin=None, zmax=None, title: str = "",
+                        colorscale: str = WEIGHT_SCALE, fmt: str = ".2f") -> go.Figure:
+    """Branches (rows) x classes (columns), values written in the cells."""
+    branches = [f"branch {i + 1}" for i in range(matrix.shape[0])]
+    fig = go.Figure(go.Heatmap(z=matrix, x=class_names[: matrix.shape[1]], y=branches, zmin=zmin, zmax=zmax,
+                               colorscale=colorscale, texttemplate=f"%{{z:{fmt}}}", textfont=dict(size=10),
+                               colorbar=dict(thickness=12), hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(hovermode="closest")
+    return _layout(fig, height=90 + 34 * matrix.shape[0], title=title or None)
+
+
+def contributions_figure(contrib: np.ndarray, class_names: list[str], classes: list[int]) -> go.Figure:
+    """Stacked bars: each branch's weighted logit w_b * z_b,k for the given classes; the sum is the output."""
+    fig = go.Figure()
+    palette = ["#93c5fd", "#3b82f6", "#1d4ed8", "#1e3a8a", "#172554"]
+    for b in range(contrib.shape[0]):
+        fig.add_trace(go.Bar(x=[class_names[k] for k in classes], y=[contrib[b, k] for k in classes],
+                             name=f"branch {b + 1}", marker_color=palette[b % len(palette)]))
+    totals = contrib.sum(axis=0)
+    fig.add_trace(go.Scatter(x=[class_names[k] for k in classes], y=[totals[k] for k in classes], mode="markers+text",
+                             name="aggregated logit", text=[f"{totals[k]:.2f}" for k in classes],
+                             textposition="top center", marker=dict(symbol="line-ew-open", size=28, color="#18181b",
+                                                                    line=dict(width=3))))
+    fig.update_layout(barmode="relative", hovermode="x")
+    fig.update_yaxes(title="weighted logit")
+    return _layout(fig, height=320)

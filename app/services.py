@@ -324,11 +324,11 @@ def colormaps() -> list[str]:
     return list_colormaps()
 
 
-def overlay_png(display, heatmap, colormap: str, opacity: float) -> bytes:
+def overlay_png(display, heatmap, colormap: str, opacity: float, vmin: float = 0.0, vmax: float = 1.0) -> bytes:
     """PNG of a heat map over the display picture (`attnviz.overlay.overlay_png`); not cached: cheap."""
     from attnviz.overlay import overlay_png as _overlay_png
 
-    return _overlay_png(display, heatmap, colormap=colormap, opacity=opacity)
+    return _overlay_png(display, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax)
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -359,3 +359,130 @@ def comparison_report(model_ids: list[str], *, method: str, target: str, target_
         if any(m.source == "untrained" for m in models) else [],
     )
     return render_html(report)
+
+
+# -------------------------------------------------------------------------------------- training
+def training_jobs():
+    """The server's one training queue (`attnviz.jobs.get_jobs`): shared by every session."""
+    from attnviz.jobs import get_jobs
+
+    return get_jobs()
+
+
+def check_archive(name: str, data: bytes):
+    """An uploaded ImageFolder zip checked and kept for training (`attnviz.jobs.check_archive`)."""
+    from attnviz.jobs import check_archive as _check
+
+    return _check(data, name)
+
+
+def start_run(**request):
+    from attnviz.jobs import TrainRequest
+
+    return training_jobs().submit(TrainRequest(**request))
+
+
+def run_status(job_id: str):
+    return training_jobs().status(job_id)
+
+
+def run_summary(events: list[dict]) -> dict:
+    from attnviz.jobs import summarize
+
+    return summarize(events)
+
+
+def list_runs():
+    return training_jobs().list_runs()
+
+
+@st.cache_data(show_spinner=False)
+def trainable_specs() -> list[str]:
+    """Every spec the registry builds, the zoo's first (the Train form's choices)."""
+    from attnviz.catalog import ZOO_SPECS
+    from attnviz.models.registry import list_models
+
+    return list(dict.fromkeys([*ZOO_SPECS, *list_models()]))
+
+
+@st.cache_data(show_spinner=False)
+def default_recipe() -> dict:
+    from dataclasses import asdict
+
+    from attnviz.train import Recipe
+
+    recipe = Recipe()
+    return {**asdict(recipe), "resolved_lr": recipe.resolved_lr}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _shipped_histories(fingerprint: tuple) -> dict[str, list[dict]]:
+    from pathlib import Path
+
+    from attnviz.checkpoints import read_card
+    from attnviz.errors import AttnvizError
+
+    out = {}
+    for row in zoo_rows():
+        if row["source"] != "shipped" or not row["path"]:
+            continue
+        try:
+            history = read_card(Path(row["path"])).get("history") or []
+        except AttnvizError:
+            continue
+        if history:
+            out[row["name"]] = history
+    return out
+
+
+def shipped_histories() -> dict[str, list[dict]]:
+    """name -> per-epoch history from the shipped model cards that record one."""
+    return _shipped_histories(_runs_fingerprint())
+
+
+# ------------------------------------------------------------------------------------ dataset-wide
+def _sample_batch(card: dict, limit: int | None = None):
+    """The shipped sample's test split preprocessed for a model card: (x, labels, class names), or an
+    AttnvizError when the model was not made for CIFAR-10-like 3-channel 10-class input."""
+    from attnviz.data import load_dataset, preprocess
+    from attnviz.errors import AttnvizError
+
+    if int(card.get("num_classes", 10)) != 10 or int(card.get("in_chans", 3)) != 3:
+        raise AttnvizError("this needs a model with 10 classes on colour images (the sample set is CIFAR-10)")
+    data = load_dataset("sample")
+    images, labels = data.test_images, data.test_labels
+    if limit is not None:
+        # a class-balanced, fixed subset: the first limit/10 images of every class
+        per_class = max(1, limit // data.num_classes)
+        subset = data.subset(test_per_class=per_class)
+        images, labels = subset.test_images, subset.test_labels
+    return preprocess(images, card["mean"], card["std"]), labels, list(data.class_names)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def excitation_profiles(model_id: str, sha256: str | None) -> dict:
+    """Class-wise excitation profiles over the sample test set (`attnviz.explain.excitation_profiles`):
+    ``{"sites", "kinds", "mean": {site: [K, C]}, "std", "counts", "specialisation", "class_names"}``."""
+    from attnviz.explain import excitation_profiles as _profiles
+
+    _count("profiles")
+    model, card = load_model(model_id)
+    x, labels, class_names = _sample_batch(card)
+    batches = [(x[i:i + 250], labels[i:i + 250]) for i in range(0, x.shape[0], 250)]
+    result = _profiles(model, batches, num_classes=10)
+    return {"sites": result.sites, "kinds": result.kinds, "mean": result.mean, "std": result.std,
+            "counts": result.counts, "specialisation": result.specialisation, "class_names": class_names}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def dead_units(model_id: str, sha256: str | None, n_images: int = 250) -> dict:
+    """Dead SE excitation units on a fixed, class-balanced batch of sample test images
+    (`attnviz.probes.dead_units`): ``{"per_site": {site: (dead, total)}, "fraction", "n_images"}``."""
+    from attnviz.probes import dead_units as _dead_units
+    from attnviz.probes import probe
+
+    _count("dead_units")
+    model, card = load_model(model_id)
+    x, _, _ = _sample_batch(card, limit=n_images)
+    result = _dead_units(probe(model, x))
+    return {"per_site": result.per_site, "fraction": result.fraction, "n_images": int(x.shape[0])}

@@ -54,8 +54,9 @@ class ZooRow:
     cpu_latency_ms: float | None
     path: str | None  # the card (.json) for trained models
     weights_sha256: str | None
-    epochs: int | None
+    epochs: float | None  # epochs trained (a cancelled run: the fraction it reached)
     created: str | None
+    status: str = "complete"  # the card's status: complete | running | cancelled | diverged; untrained
 
     @property
     def trained(self) -> bool:
@@ -120,7 +121,8 @@ def _card_rows(entries: list[dict], runs: Path) -> list[ZooRow]:
             num_classes=int(entry.get("num_classes") or 10), class_names=list(card.get("class_names") or []),
             params=entry.get("params"), flops=entry.get("flops"), test_acc=entry.get("test_acc"),
             cpu_latency_ms=None, path=str(path), weights_sha256=entry.get("sha256"),
-            epochs=recipe.get("epochs"), created=entry.get("created"), **info,
+            epochs=card.get("epochs_done", recipe.get("epochs")), created=entry.get("created"),
+            status=str(card.get("status") or "complete"), **info,
         ))
     return rows
 
@@ -151,9 +153,10 @@ def zoo_rows(*, include_untrained: bool = True, dirs: list[Path] | None = None,
                 continue
             info = describe_spec(spec)
             rows.append(ZooRow(
-                id=UNTRAINED_PREFIX + spec, name=f"{spec} (untrained)", spec=_canonical(spec), source="untrained",
+                id=UNTRAINED_PREFIX + spec, name=spec, spec=_canonical(spec), source="untrained",
                 dataset="-", num_classes=10, class_names=[], params=None, flops=None, test_acc=None,
-                cpu_latency_ms=None, path=None, weights_sha256=None, epochs=None, created=None, **info,
+                cpu_latency_ms=None, path=None, weights_sha256=None, epochs=None, created=None,
+                status="untrained", **info,
             ))
     costs = _read_cache("costs.json")
     for row in rows:

@@ -147,8 +147,9 @@ def _last_error_line(run_dir: Path) -> str:
     except FileNotFoundError:
         return ""
     for line in reversed(lines):
-        if line.startswith("error:"):
-            return line[len("error:"):].strip()
+        for prefix in ("error:", "cancelled:"):
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
     return ""
 
 
@@ -201,10 +202,11 @@ class TrainingJobs:
             self._reposition()
             self._save(status)
             self._wake.notify_all()
-            # the worker picks it up at once when idle; report "running" so the caller need not poll
+            snapshot = self._snapshot(job_id, with_events=False)
             if self._running is None and self._queue[0] == job_id:
-                status.message = "starting"
-            return self._snapshot(job_id, with_events=False)
+                # the idle worker starts it at once: say so rather than "queued, position 1"
+                snapshot.state, snapshot.position = "running", 0
+            return snapshot
 
     def status(self, job_id: str) -> JobStatus:
         """The run's state and every progress event so far; also works for runs of earlier servers."""
@@ -382,17 +384,47 @@ class TrainingJobs:
         return status
 
 
-_MANAGER: TrainingJobs | None = None
+def summarize(events: list[dict]) -> dict:
+    """Progress events of one run as plain series for charts and status lines.
+
+    Returns ``{"start": dict|None, "steps": {"global_step", "epoch_float", "loss", "train_acc",
+    "images_per_s"}: lists, "epochs": [epoch events], "last_step": dict|None, "end": dict|None,
+    "error": dict|None, "fraction": 0..1, "eta_s": float|None, "images_per_s": float|None}``.
+    """
+    start = next((e for e in events if e.get("event") == "start"), None)
+    steps = [e for e in events if e.get("event") == "step"]
+    epochs = [e for e in events if e.get("event") == "epoch"]
+    end = next((e for e in reversed(events) if e.get("event") == "end"), None)
+    error = next((e for e in reversed(events) if e.get("event") == "error"), None)
+    series = {"global_step": [], "epoch_float": [], "loss": [], "train_acc": [], "images_per_s": []}
+    for e in steps:
+        spe = max(int(e.get("steps_per_epoch") or 1), 1)
+        series["global_step"].append(e.get("global_step"))
+        series["epoch_float"].append((e.get("epoch", 1) - 1) + e.get("step", 0) / spe)
+        for key in ("loss", "train_acc", "images_per_s"):
+            series[key].append(e.get(key))
+    last = steps[-1] if steps else None
+    fraction = 0.0
+    if end is not None:
+        fraction = 1.0
+    elif last is not None and last.get("total_steps"):
+        fraction = min(1.0, last["global_step"] / last["total_steps"])
+    return {"start": start, "steps": series, "epochs": epochs, "last_step": last, "end": end, "error": error,
+            "fraction": fraction, "eta_s": None if end is not None or last is None else last.get("eta_s"),
+            "images_per_s": None if last is None else last.get("images_per_s")}
+
+
+_MANAGERS: dict[Path, TrainingJobs] = {}
 _MANAGER_LOCK = threading.Lock()
 
 
 def get_jobs() -> TrainingJobs:
-    """The process-wide run manager (one per server, so one run at a time per server)."""
-    global _MANAGER
+    """The process-wide run manager for ``runs_dir()`` (a server has one home, so one run at a time)."""
+    base = runs_dir()
     with _MANAGER_LOCK:
-        if _MANAGER is None:
-            _MANAGER = TrainingJobs()
-        return _MANAGER
+        if base not in _MANAGERS:
+            _MANAGERS[base] = TrainingJobs(base)
+        return _MANAGERS[base]
 
 
 # --------------------------------------------------------------------------------- uploaded archives

@@ -780,8 +780,6 @@ class _Run:
                     seen += targets.shape[0]
                     steps_done_here += 1
                     window_images += targets.shape[0] * self.world
-                    if self._cancel_requested(dist):
-                        raise _Stop("cancel", "cancelled by request")
                     last = step == steps_per_epoch - 1
                     if (step + 1) % max(1, recipe.step_event_every) == 0 or last:
                         if cuda:
@@ -797,6 +795,12 @@ class _Run:
                             "eta_s": remaining * per_step,
                         })
                         window_started, window_images = now, 0
+                    # after the event, so a callback can cancel at once; an epoch's last step ends the epoch
+                    # first (evaluation, history, checkpoint) and the cancel is honoured right after it
+                    if not last and self._cancel_requested(dist):
+                        if pending_loss is not None:
+                            self._check_finite(float(pending_loss), epoch, step, dist)
+                        raise _Stop("cancel", "cancelled by request")
                 if cuda and pending_loss is not None:
                     self._check_finite(float(pending_loss), epoch, steps_per_epoch - 1, dist)
                     pending_loss = None
@@ -807,6 +811,8 @@ class _Run:
                 self._end_epoch(epoch, stats_loss, stats_acc, lr, train_seconds, seen * self.world,
                                 total_steps, steps_per_epoch, run_started, steps_done_here, dist)
                 start_step = 0
+                if epoch + 1 < recipe.epochs and self._cancel_requested(dist):
+                    raise _Stop("cancel", "cancelled by request")
         except _Stop as stop:
             self.train_time = time_at_start + (time.perf_counter() - run_started)
             return self._stopped(stop, epoch, step, steps_per_epoch, dist)
@@ -875,12 +881,15 @@ class _Run:
                                autocast_dtype=torch.bfloat16 if cuda else None, channels_last=self.channels_last)
             metrics["measured_by"] = (f"training monitor ({self.device.type}, "
                                       f"{'bf16 autocast' if cuda else 'float32'}, batch {EVAL_BATCH})")
-            attention = attention_statistics(self.net, self.probe_batch)
             eval_seconds = time.perf_counter() - eval_started
+            stats_started = time.perf_counter()
+            attention = attention_statistics(self.net, self.probe_batch)
+            stats_seconds = time.perf_counter() - stats_started
             entry = {
                 "epoch": epoch + 1, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
                 "test_loss": round(metrics["test_loss"], 6), "test_acc": metrics["test_acc"], "lr": lr,
                 "time_s": round(train_seconds, 3), "eval_time_s": round(eval_seconds, 3),
+                "stats_time_s": round(stats_seconds, 3),
                 "images_per_s": round(images / max(train_seconds, 1e-9), 1), "attention": attention,
             }
             self.history.append(entry)
@@ -893,7 +902,7 @@ class _Run:
                 "event": "epoch", "epoch": epoch + 1, "epochs": recipe.epochs, "loss": train_loss,
                 "train_acc": train_acc, "test_acc": metrics["test_acc"], "test_loss": metrics["test_loss"],
                 "lr": lr, "images_per_s": entry["images_per_s"], "time_s": entry["time_s"],
-                "eval_time_s": entry["eval_time_s"],
+                "eval_time_s": entry["eval_time_s"], "stats_time_s": entry["stats_time_s"],
                 "eta_s": remaining * elapsed / max(steps_done_here, 1), "attention": attention,
             })
         if self.world > 1:

@@ -112,7 +112,7 @@ with tab_tables:
         ours = services.spec_params([f"resnet18-{key}" if key != "none" else "resnet18"
                                      for key, *_ in LGAM_TABLE_3], num_classes=10)
     rows = []
-    for key, label, p10, e10, p100, e100 in LGAM_TABLE_3:
+    for key, label, p10, e10, _p100, e100 in LGAM_TABLE_3:
         spec = f"resnet18-{key}" if key != "none" else "resnet18"
         count = ours.get(spec)
         rows.append({

@@ -54,7 +54,7 @@ with col_d:
 
 st.subheader("Where the gradient vanishes")
 rows = []
-for name, (x, y, dy) in curves.items():
+for name, (_x, y, dy) in curves.items():
     rows.append({
         "activation": labels[name],
         "share of the range with f'(x) = 0": float(np.mean(np.abs(dy) < 1e-12)),

@@ -59,15 +59,14 @@ with left:
     if scored:
         st.plotly_chart(ui.bar_figure([r["name"] for r in scored], [100 * r["test_acc"] for r in scored],
                                       colors=[ui.model_color(chosen.index(r["id"])) for r in scored],
-                                      y_title="test accuracy %", text_format=".2f",
-                                      y_range=(max(0, min(100 * r["test_acc"] for r in scored) - 5), 100)),
+                                      y_title="test accuracy %", text_format=".2f", y_range=(0, 100)),
                         key="zoo_acc")
-        st.caption("Test accuracy of each chosen model; the y axis starts just below the lowest bar, so "
-                   "read the numbers, not the bar heights.")
+        st.caption("Test accuracy of each chosen model on its own dataset's test split: only models "
+                   "trained on the same data with the same recipe compare fairly.")
     else:
         st.info("None of the chosen models is trained, so there is no accuracy to compare.")
 with right:
     st.plotly_chart(ui.cost_figure(picked, [ui.model_color(chosen.index(r["id"])) for r in picked]),
                     key="zoo_cost")
-    st.caption("Cost of each chosen model: parameters (bars, left axis) and CPU latency (diamonds, right "
-               "axis). An attention module should add little of either.")
+    st.caption("What each chosen model costs: parameters and CPU time per picture. An attention module "
+               "should add little of either over the plain backbone.")

@@ -1,0 +1,35 @@
+"""Golden outputs: a fixed batch from the shipped sample set and each shipped checkpoint's logits on it.
+
+``scripts/make_golden.py`` stores the logits next to the tests (``tests/golden/NAME.json``) when a
+checkpoint is (re)trained; ``tests/test_golden.py`` recomputes them, so a change to a module that
+silently alters what shipped weights compute is caught. The batch is the first test image of every
+class of ``sample`` (sorted file order), preprocessed with the checkpoint card's own mean/std,
+evaluated in float32 on the CPU. Tolerance 1e-3 absolute on logits: enough for BLAS/oneDNN summation
+order differences between machines, far below any real change (a changed module moves logits by
+>= 0.1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "tests" / "golden"
+TOLERANCE = 1e-3
+
+
+def golden_batch(card: dict) -> torch.Tensor:
+    from attnviz.data import load_dataset, match_channels, preprocess
+
+    sample = load_dataset("sample")
+    labels = sample.test_labels
+    index = torch.stack([torch.nonzero(labels == k)[0, 0] for k in range(int(labels.max()) + 1)])
+    images = match_channels(sample.test_images[index], int(card.get("in_chans", 3)))
+    return preprocess(images, card["mean"], card["std"])
+
+
+@torch.no_grad()
+def golden_logits(model: torch.nn.Module, card: dict) -> torch.Tensor:
+    model.eval()
+    return model.float().cpu()(golden_batch(card))

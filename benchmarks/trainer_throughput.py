@@ -1,0 +1,154 @@
+"""Trainer throughput vs a bare hand-written PyTorch loop, both measured in this one process.
+
+    python benchmarks/trainer_throughput.py [--spec resnet20] [--device cpu] [--batch-size 128]
+                                            [--epochs 3] [--rounds 3] [--data sample] [--no-app-run]
+
+The bare loop uses the same in-memory uint8 tensors, model spec, batch size, dtype (bf16 autocast on
+CUDA, float32 on CPU), memory format (channels_last on CUDA), optimiser and augmentation call as the
+trainer, and nothing else: shuffle, gather, augment, normalise, forward, loss, backward, step.
+The trainer's time per epoch is its training phase (every step with its loss/accuracy bookkeeping,
+non-finite checks, cancel checks, learning-rate schedule and step events) plus the per-epoch attention
+probe batch; the per-epoch test-set evaluation is extra work a bare loop does not do, so it is
+printed separately (and as a second ratio). Runs alternate bare/trainer over ``--rounds`` rounds,
+the first epoch of every run is a warm-up and not counted, and medians are compared, which keeps
+the ratio meaningful on a shared machine. Target: ratio >= 0.95.
+
+Finally the app's default quick run (``attnviz train --model resnet20-se-felu --data sample --epochs 1
+--batch-size 128``, what the Train page submits) is timed end to end as a fresh process, against the
+2-minute goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from attnviz.data import load_dataset  # noqa: E402
+from attnviz.device import describe_device, pick_device  # noqa: E402
+from attnviz.models.registry import create_model  # noqa: E402
+from attnviz.train import Recipe, augment_batch, lr_at, train  # noqa: E402
+
+
+def bare_loop(spec, data, recipe: Recipe, device: torch.device) -> list[float]:
+    """Seconds per epoch of the plainest loop that does the same training work."""
+    cuda = device.type == "cuda"
+    torch.manual_seed(recipe.seed)
+    model = create_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.resolved_lr, momentum=0.9, nesterov=True,
+                                weight_decay=recipe.weight_decay)
+    images = data.train_images.to(device) if cuda else data.train_images
+    labels = data.train_labels.to(device) if cuda else data.train_labels
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    generator = torch.Generator(device=device).manual_seed(recipe.seed)
+    batch = recipe.batch_size
+    steps = images.shape[0] // batch
+    total = steps * recipe.epochs
+    times = []
+    model.train()
+    for epoch in range(recipe.epochs):
+        started = time.perf_counter()
+        order = torch.randperm(images.shape[0], generator=generator, device=device)
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(recipe, epoch * steps + step, total)
+            index = order[step * batch : (step + 1) * batch]
+            x = augment_batch(images[index], generator)
+            x = (x.float() / 255 - mean) / std
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False):
+                loss = F.cross_entropy(model(x), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def trainer_run(spec, data, recipe: Recipe, device: torch.device, out_dir: Path) -> tuple[list[float], list[float]]:
+    """(training phase + probe statistics, test evaluation) seconds per epoch, from the trainer's events."""
+    epochs = []
+    train(spec, data, recipe, out_dir, callback=lambda e: epochs.append(e) if e["event"] == "epoch" else None,
+          device=str(device))
+    return ([e["time_s"] + e["stats_time_s"] for e in epochs], [e["eval_time_s"] for e in epochs])
+
+
+def app_quick_run(device: str) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "attnviz", "train", "--model", "resnet20-se-felu",
+                               "--data", "sample", "--epochs", "1", "--batch-size", "128", "--device", device,
+                               "--out", out, "--json-progress"], capture_output=True, text=True, cwd=REPO)
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"the quick run failed: {proc.stderr[-500:]}")
+        end = json.loads(proc.stdout.splitlines()[-1])
+        print(f"app quick run: {elapsed:.1f} s end to end (test acc {end['test_acc']:.3f}); goal < 120 s "
+              f"-> {'OK' if elapsed < 120 else 'TOO SLOW'}")
+        return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", default="resnet20")
+    parser.add_argument("--data", default="sample")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3, help="per run; the first is a warm-up")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-app-run", action="store_true")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    data = load_dataset(args.data)
+    recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=0)
+    images_per_epoch = (data.n_train // args.batch_size) * args.batch_size
+    print(f"{args.spec} on {data.name} ({data.n_train} images), batch {args.batch_size}, {describe_device(device)}, "
+          f"torch {torch.__version__}")
+    bare, trainer, evals = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_index in range(args.rounds):
+            order = ("bare", "trainer") if round_index % 2 == 0 else ("trainer", "bare")
+            for which in order:
+                if which == "bare":
+                    bare += bare_loop(args.spec, data, recipe, device)[1:]
+                else:
+                    phase, evaluation = trainer_run(args.spec, data, recipe, device, Path(tmp) / f"r{round_index}")
+                    trainer += phase[1:]
+                    evals += evaluation[1:]
+            print(f"round {round_index + 1}: bare {statistics.median(bare):.2f} s/epoch, "
+                  f"trainer {statistics.median(trainer):.2f} s/epoch")
+    bare_s, trainer_s, eval_s = statistics.median(bare), statistics.median(trainer), statistics.median(evals)
+    print(f"bare loop : {images_per_epoch / bare_s:8.1f} img/s  ({bare_s:.2f} s/epoch, median of {len(bare)})")
+    print(f"trainer   : {images_per_epoch / trainer_s:8.1f} img/s  ({trainer_s:.2f} s/epoch incl. probe stats)")
+    ratio = bare_s / trainer_s
+    print(f"ratio trainer/bare = {ratio:.3f}  (target >= 0.95 -> {'OK' if ratio >= 0.95 else 'BELOW'})")
+    print(f"per-epoch test evaluation: {eval_s:.2f} s ({data.n_test} images); "
+          f"ratio with it = {bare_s / (trainer_s + eval_s):.3f}")
+    if not args.no_app_run:
+        app_quick_run(args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Every shipped checkpoint still computes the logits stored when it was trained (attnviz/golden.py)."""
+
+import json
+
+import pytest
+import torch
+
+from attnviz.checkpoints import SHIPPED_DIR, list_checkpoints, load_checkpoint
+from attnviz.golden import GOLDEN_DIR, TOLERANCE, golden_logits
+
+SHIPPED = list_checkpoints([SHIPPED_DIR])
+
+
+def test_every_shipped_checkpoint_has_golden_logits():
+    missing = [r["name"] for r in SHIPPED if not (GOLDEN_DIR / f"{r['name']}.json").exists()]
+    assert not missing, f"run scripts/make_golden.py for {missing}"
+
+
+@pytest.mark.parametrize("row", SHIPPED, ids=[r["name"] for r in SHIPPED])
+def test_shipped_logits_unchanged(row):
+    golden_path = GOLDEN_DIR / f"{row['name']}.json"
+    if not golden_path.exists():
+        pytest.fail(f"no golden logits for {row['name']}")
+    golden = json.loads(golden_path.read_text())
+    model, card = load_checkpoint(row["path"])
+    assert golden["weights_sha256"] == card["weights_sha256"], "weights changed: regenerate the golden file"
+    logits = golden_logits(model, card)
+    expected = torch.tensor(golden["logits"])
+    assert logits.shape == expected.shape
+    assert torch.allclose(logits, expected, atol=TOLERANCE), (logits - expected).abs().max().item()

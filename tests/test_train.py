@@ -1,0 +1,295 @@
+"""attnviz.train: determinism, cancel + resume, divergence, disk errors, atomic writes, statistics."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attnviz.checkpoints import load_checkpoint, sha256_file
+from attnviz.data import load_dataset
+from attnviz.errors import AttnvizError, TrainingCancelled, TrainingDiverged, TrainingError
+from attnviz.models.registry import create_model
+from attnviz.train import (
+    Recipe,
+    attention_statistics,
+    augment_batch,
+    evaluate,
+    lr_at,
+    train,
+)
+
+TINY = dict(epochs=2, batch_size=40, step_event_every=1, probe_size=32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """120 training and 60 test images of the shipped sample set (3 steps of 40 per epoch)."""
+    return load_dataset("sample").subset(train_per_class=12, test_per_class=6)
+
+
+def _weights(card_path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(card_path).with_suffix(".safetensors")))
+
+
+def test_same_seed_gives_identical_weights_and_other_seed_does_not(tiny, tmp_path):
+    recipe = Recipe(**TINY, seed=3)
+    first = train("resnet20", tiny, recipe, tmp_path / "a", device="cpu")
+    second = train("resnet20", tiny, recipe, tmp_path / "b", device="cpu")
+    other = train("resnet20", tiny, Recipe(**TINY, seed=4), tmp_path / "c", device="cpu")
+    a, b, c = _weights(first.checkpoint), _weights(second.checkpoint), _weights(other.checkpoint)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert first.card["metrics"] == second.card["metrics"]
+
+
+def test_card_metrics_equal_a_fresh_evaluation_of_the_saved_checkpoint(tiny, tmp_path):
+    events = []
+    result = train("resnet20-se", tiny, Recipe(**TINY), tmp_path, name="se", callback=events.append, device="cpu")
+    card = json.loads(result.checkpoint.read_text())
+    for key in ("name", "spec", "num_classes", "class_names", "in_chans", "input_size", "mean", "std",
+                "dataset", "metrics", "recipe", "seed", "attnviz_version", "created", "weights_sha256",
+                "params", "flops", "train_time_s", "device", "history"):
+        assert key in card, key
+    assert card["status"] == "complete" and len(card["history"]) == 2
+    model, loaded = load_checkpoint(result.checkpoint)
+    measured = evaluate(model, tiny.test_images, tiny.test_labels, loaded["mean"], loaded["std"])
+    assert measured["test_acc"] == card["metrics"]["test_acc"]
+    assert measured["test_loss"] == pytest.approx(card["metrics"]["test_loss"], rel=1e-6)
+    assert card["metrics"]["n_test"] == 60 and len(card["metrics"]["per_class_acc"]) == 10
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("epoch") == 2 and kinds.count("step") == 6
+    step = next(e for e in events if e["event"] == "step")
+    assert {"loss", "train_acc", "lr", "images_per_s", "eta_s"} <= set(step)
+    epoch = next(e for e in events if e["event"] == "epoch")
+    assert set(epoch["attention"]["dead_fraction"]) == {f"layer{s}.{b}.attn" for s in (1, 2, 3) for b in range(3)}
+    assert 0.0 <= epoch["attention"]["dead_fraction_total"] <= 1.0
+    assert not result.checkpoint.with_suffix(".trainstate").exists()  # a finished run leaves no state
+
+
+def test_cancel_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny, tmp_path):
+    recipe = Recipe(**TINY, seed=1)
+    straight = train("resnet20", tiny, recipe, tmp_path / "straight", device="cpu")
+
+    cancel = threading.Event()
+
+    def cancel_at_step_two_of_epoch_one(event):
+        if event["event"] == "step" and event["epoch"] == 1 and event["step"] == 2:
+            cancel.set()
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(TrainingCancelled) as info:
+        train("resnet20", tiny, recipe, out, callback=cancel_at_step_two_of_epoch_one, cancel_event=cancel,
+              device="cpu")
+    card_path = info.value.checkpoint
+    model, card = load_checkpoint(card_path)  # loadable, consistent
+    assert card["status"] == "cancelled" and card["epochs_done"] == pytest.approx(2 / 3, abs=1e-3)
+    assert (out / "resnet20.trainstate").exists()
+
+    resumed_events = []
+    resumed = train("resnet20", tiny, recipe, out, callback=resumed_events.append, device="cpu", resume=True)
+    assert resumed_events[0]["resumed_at"] == [0, 2]
+    a, b = _weights(straight.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.card["metrics"]["test_acc"] == straight.card["metrics"]["test_acc"]
+
+    # resuming a finished run does nothing and says so
+    again = []
+    train("resnet20", tiny, recipe, out, callback=again.append, device="cpu", resume=True)
+    assert again == [{"event": "end", "status": "complete", "checkpoint": str(resumed.checkpoint),
+                      "test_acc": resumed.card["metrics"]["test_acc"], "skipped": True}]
+
+
+def test_cancel_file_from_another_process(tiny, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "CANCEL").write_text("")
+    with pytest.raises(TrainingCancelled):
+        train("resnet20", tiny, Recipe(**TINY), tmp_path, device="cpu")
+    _, card = load_checkpoint(tmp_path / "resnet20.json")
+    assert card["status"] == "cancelled"
+    assert not (tmp_path / "CANCEL").exists()  # consumed, so the next run is not cancelled at once
+
+
+def test_injected_nan_stops_within_one_step_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNVIZ_FAULT_NAN_AT_STEP", "5")  # epoch 2, step 2
+    shas, steps = [], []
+
+    def watch(event):
+        if event["event"] == "checkpoint":
+            shas.append(sha256_file(Path(event["path"]).with_suffix(".safetensors")))
+        if event["event"] == "step":
+            steps.append(event["global_step"])
+
+    with pytest.raises(TrainingDiverged, match="diverged") as info:
+        train("resnet20", tiny, Recipe(**TINY), tmp_path, callback=watch, device="cpu")
+    assert steps[-1] == 4  # step 5 never completed
+    assert "epoch 2, step 2" in info.value.reason
+    model, card = load_checkpoint(tmp_path / "resnet20.json")
+    assert sha256_file(tmp_path / "resnet20.safetensors") == shas[-1] and len(shas) == 1
+    assert card["status"] == "diverged" and "nan" in card["stopped_reason"]
+    assert card["epochs_done"] == 1.0
+    assert all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point())
+
+
+def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(tiny, tmp_path, monkeypatch):
+    import attnviz.checkpoints as checkpoints
+
+    real_save = checkpoints.save_file
+    calls = {"n": 0}
+
+    def save_then_fill_the_disk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "save_file", save_then_fill_the_disk)
+    with pytest.raises(TrainingError, match="disk is full") as info:
+        train("resnet20", tiny, Recipe(**TINY), tmp_path, device="cpu")
+    assert "\n" not in str(info.value)
+    _, card = load_checkpoint(tmp_path / "resnet20.json")
+    assert card["epochs_done"] == 1.0
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+KILL_SCRIPT = r"""
+import os, signal, sys
+from attnviz.checkpoints import save_checkpoint
+from attnviz.models.registry import create_model
+import torch
+where = sys.argv[2]
+torch.manual_seed(1)
+model = create_model("resnet20")
+if where == "replace":
+    real = os.replace
+    def replace_then_die(src, dst):
+        real(src, dst)
+        os.kill(os.getpid(), signal.SIGKILL)  # after the weights are in place, before the card
+    os.replace = replace_then_die
+else:
+    def die(fd):
+        os.kill(os.getpid(), signal.SIGKILL)  # while the new weights are still a temporary file
+    os.fsync = die
+save_checkpoint(model, sys.argv[1], "net", {"status": "second"})
+"""
+
+
+@pytest.mark.parametrize("where", ["fsync", "replace"])
+def test_process_killed_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path, where):
+    torch.manual_seed(0)
+    from attnviz.checkpoints import save_checkpoint
+
+    save_checkpoint(create_model("resnet20"), tmp_path, "net", {"status": "first"})
+    before = sha256_file(tmp_path / "net.safetensors")
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), where], capture_output=True,
+                          timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-500:]
+    model, card = load_checkpoint(tmp_path / "net.json")
+    if where == "fsync":  # killed before anything was renamed: the previous checkpoint, untouched
+        assert card["status"] == "first" and sha256_file(tmp_path / "net.safetensors") == before
+    else:  # killed between the renames: the complete new pair is used, never a mix
+        assert card["status"] == "second" and card["weights_sha256"] == sha256_file(tmp_path / "net.safetensors")
+
+
+def test_interflow_aux_loss_and_branch_weights_are_reported(tiny, tmp_path):
+    events = []
+    recipe = Recipe(**{**TINY, "epochs": 1}, interflow_aux_weight=0.3)
+    result = train("resnet20-interflow-soft", tiny, recipe, tmp_path, callback=events.append, device="cpu")
+    epoch = next(e for e in events if e["event"] == "epoch")
+    weights = epoch["attention"]["interflow_branch_weights"]
+    model, _ = load_checkpoint(result.checkpoint)
+    assert weights == pytest.approx(model.head.branch_weights.tolist(), abs=1e-5)
+    assert len(weights) == 3 and weights != pytest.approx([1 / 3] * 3, abs=1e-7)  # they were trained
+    assert result.card["recipe"]["interflow_aux_weight"] == 0.3
+
+
+def test_grey_dataset_trains_a_one_channel_model(tmp_path):
+    from PIL import Image
+
+    for split, count in (("train", 6), ("test", 2)):
+        for cls, value in (("dark", 30), ("light", 220)):
+            folder = tmp_path / "grey" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (16, 16), value + i).save(folder / f"{i}.png")
+    data = load_dataset(f"imagefolder:{tmp_path / 'grey'}", cache_dir=tmp_path / "cache")
+    result = train("resnet20", data, Recipe(epochs=1, batch_size=4), tmp_path / "out", device="cpu")
+    model, card = load_checkpoint(result.checkpoint)
+    assert card["in_chans"] == 1 and model.in_chans == 1 and len(card["mean"]) == 1
+    assert card["input_size"] == [16, 16]
+
+
+def test_attention_statistics_counts_dead_units_and_removes_its_hooks():
+    torch.manual_seed(0)
+    model = create_model("resnet20-se")
+    sites = [m for m in model.modules() if hasattr(m, "tap_hidden")]
+    with torch.no_grad():
+        sites[0].fc_reduce.bias.fill_(-1e4)  # every pre-activation of this site is negative: all dead
+    stats = attention_statistics(model, torch.randn(8, 3, 32, 32))
+    assert stats["dead_fraction"]["layer1.0.attn"] == 1.0
+    assert stats["dead_fraction_total"] >= 1 / len(sites)
+    assert all(0.0 < m < 1.0 for m in stats["channel_weight_mean"].values())
+    assert model.training  # mode restored
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_augment_batch_is_a_padded_crop_and_flip_of_each_image():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(1, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = augment_batch(images, generator)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(16):
+        candidates = []
+        for dy in range(9):
+            for dx in range(9):
+                crop = padded[i, :, dy : dy + 8, dx : dx + 8]
+                candidates += [crop, crop.flip(-1)]
+        assert any(torch.equal(out[i], c) for c in candidates)
+    flips = sum(torch.equal(out[i], images[i].flip(-1)) for i in range(16))
+    assert flips < 16  # not everything flipped
+
+
+def test_schedules_and_recipe_validation():
+    onecycle = Recipe(lr=0.4, schedule="onecycle", warmup_fraction=0.25)
+    assert lr_at(onecycle, 0, 100) == pytest.approx(0.016)
+    assert lr_at(onecycle, 25, 100) == pytest.approx(0.4)
+    assert lr_at(onecycle, 99, 100) == pytest.approx(0.4 / 75, rel=1e-6)
+    cosine = Recipe(lr=0.1, schedule="cosine")
+    assert lr_at(cosine, 0, 10) == pytest.approx(0.1) and lr_at(cosine, 5, 10) == pytest.approx(0.05)
+    assert Recipe(batch_size=512).resolved_lr == pytest.approx(0.4)
+    with pytest.raises(AttnvizError, match="epochs"):
+        Recipe(epochs=0).validate()
+    with pytest.raises(AttnvizError, match="schedule"):
+        Recipe(schedule="step").validate()
+    with pytest.raises(AttnvizError, match="Unknown recipe"):
+        Recipe.from_dict({"epochz": 3})
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_on_the_sample_set(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each rank trains on its shard, rank 0 writes the checkpoint."""
+    env = dict(os.environ, ATTNVIZ_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "attnviz", "train", "--model", "resnet20", "--data", "sample", "--epochs", "1",
+           "--batch-size", "128", "--device", "cpu", "--out", str(tmp_path / "out"), "--json-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["world_size"] == 2 and start["steps_per_epoch"] == 2000 // 128
+    assert sum(1 for e in events if e["event"] == "end") == 1  # only rank 0 reports
+    model, card = load_checkpoint(tmp_path / "out" / "resnet20.json")
+    assert "DDP" in card["device"]
+    data = load_dataset("sample", cache_dir=tmp_path / "cache")
+    measured = evaluate(model, data.test_images, data.test_labels, card["mean"], card["std"])
+    assert measured["test_acc"] == card["metrics"]["test_acc"]
