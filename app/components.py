@@ -18,6 +18,7 @@ MODEL_COLORS = ["#c2410c", "#1d4ed8", "#15803d", "#7e22ce", "#b45309", "#0e7490"
                 "#334155", "#a16207", "#9333ea", "#0f766e"]
 # Attention weights are post-sigmoid, so [0, 1] is their whole range: one fixed scale for all of them.
 WEIGHT_SCALE = "Viridis"
+GRID_IMAGE_WIDTH = 240  # px: one heat map cell, the same for any number of models
 HEAT_SCALE = "Inferno"
 DIVERGING_SCALE = "RdBu"
 CURVE_COLORS = {

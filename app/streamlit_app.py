@@ -22,6 +22,7 @@ st.navigation(
         ],
         "Run": [
             st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+            st.Page("views/experiments.py", title="Experiments", icon=":material/science:"),
         ],
         "Learn": [
             st.Page("views/about.py", title="About", icon=":material/menu_book:"),

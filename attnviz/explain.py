@@ -26,11 +26,13 @@ logits (class = the same target class) as the score.
 
 Shared models: every call holds ``attnviz.locks.model_lock(model)`` for the whole time it hooks or
 back-propagates that model; a ``GradCAM`` (or captum) object is created for the one call inside
-``with`` and never cached. Gradients reach the activations through an input that requires grad;
-for the duration of the call the parameters' ``requires_grad`` flags are switched off (no weight
-gradients are computed or accumulated, which also makes the backward pass cheaper) and each
-submodule's train/eval mode is restored afterwards, so a shared read-only model is left exactly as
-it was.
+``with`` and never cached. For CAMs a forward hook (registered for the call, before the library's)
+makes the target layer's output a leaf that requires grad: the library then gets the activations'
+gradients although no parameter requires grad, and the backward pass stops at that layer (a CAM
+costs about one forward pass plus the head's backward). Captum methods take gradients w.r.t. an
+input that requires grad. For the duration of the call the parameters' ``requires_grad`` flags are
+switched off (no weight gradients are computed or accumulated) and each submodule's train/eval mode
+is restored afterwards, so a shared read-only model is left exactly as it was.
 
 Batching: one library call per (model, method, layer) for the whole image batch (top-k targets
 replicate the batch), so 8 images cost far less than 8 calls (see ``benchmarks/explain_latency.py``).
@@ -136,18 +138,21 @@ def borrowed(model: nn.Module) -> Iterator[nn.Module]:
     """Hold the model's lock; inside, parameters do not require grad and the model may be put in eval
     mode; on exit every flag and mode is restored exactly."""
     with model_lock(model):
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        modes = [(m, m.training) for m in model.modules()]
+        # Only what differs is recorded and restored (shared app models are already frozen and in
+        # eval mode, so this costs next to nothing for them).
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        training = [m for m in model.modules() if m.training]
         try:
-            for p, _ in flags:
+            for p in trainable:
                 p.requires_grad_(False)
-            model.eval()
+            for m in training:
+                m.training = False
             yield model
         finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-            for m, training in modes:
-                m.training = training
+            for p in trainable:
+                p.requires_grad_(True)
+            for m in training:  # (pytorch-grad-cam's constructor also calls model.eval())
+                m.training = True
 
 
 class _BranchLogits(nn.Module):
@@ -227,20 +232,31 @@ def _run_cam(method: str, model: nn.Module, layer_module: nn.Module, x: torch.Te
              classes: list[int | None]) -> tuple[np.ndarray, np.ndarray, torch.Tensor, list[int]]:
     """(heatmaps [N, H, W], raw [N, h, w], outputs [N, K], explained classes) for one library call."""
     cam_class = _cam_class(method)
-    x = x.detach().clone().requires_grad_(True)  # activations get gradients through the input
     raws: list[np.ndarray] = []
-    with cam_class(model=model, target_layers=[layer_module]) as cam:
-        original_get_cam_image = cam.get_cam_image
 
-        def recording_get_cam_image(*args, **kwargs):
-            raw = original_get_cam_image(*args, **kwargs)
-            raws.append(np.asarray(raw, dtype=np.float32))
-            return raw
+    def start_graph_at_layer(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        # The layer's output becomes a leaf that requires grad, so the backward pass runs only from
+        # the score down to this layer (what CAMs need) instead of through the whole network to the
+        # input; the gradient w.r.t. this output is unchanged. Registered before the library's own
+        # hooks, which therefore see (and hook their gradient on) this leaf.
+        return output.detach().requires_grad_(True)
 
-        cam.get_cam_image = recording_get_cam_image
-        targets = [_ClassScore(c) for c in classes]
-        heatmaps = cam(input_tensor=x, targets=targets)
-        outputs = cam.outputs.detach().float().cpu()
+    handle = layer_module.register_forward_hook(start_graph_at_layer)
+    try:
+        with cam_class(model=model, target_layers=[layer_module]) as cam:
+            original_get_cam_image = cam.get_cam_image
+
+            def recording_get_cam_image(*args, **kwargs):
+                raw = original_get_cam_image(*args, **kwargs)
+                raws.append(np.asarray(raw, dtype=np.float32))
+                return raw
+
+            cam.get_cam_image = recording_get_cam_image
+            targets = [_ClassScore(c) for c in classes]
+            heatmaps = cam(input_tensor=x.detach(), targets=targets)
+            outputs = cam.outputs.detach().float().cpu()
+    finally:
+        handle.remove()
     explained = [int(outputs[i].argmax()) if c is None else c for i, c in enumerate(classes)]
     return np.asarray(heatmaps, dtype=np.float32), raws[0], outputs, explained
 
@@ -283,7 +299,7 @@ def _explain_one_model(name: str, model: nn.Module, x: torch.Tensor, target: Any
     results: list[Explanation] = []
     with borrowed(model):
         needs_logits = isinstance(target, (tuple, list)) and len(target) == 2 and target[0] == "topk"
-        needs_logits = needs_logits or (method in ATTRIBUTION_METHODS and target == "predicted")
+        needs_logits = needs_logits or (method in ATTRIBUTION_METHODS and isinstance(target, str))
         logits = None
         if needs_logits:
             with torch.no_grad():
@@ -345,6 +361,8 @@ def explain(models: Any, images: torch.Tensor | Mapping[str, torch.Tensor], targ
     Results are ordered by model, then (for each model) image and rank, then branch maps.
     """
     method = canonical_method(method)
+    if isinstance(target, (torch.Tensor, np.ndarray)):
+        target = target.tolist()
     results: list[Explanation] = []
     for name, model in _named_models(models):
         x = images[name] if isinstance(images, Mapping) else images

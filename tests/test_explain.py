@@ -70,6 +70,25 @@ def test_every_method_gives_maps_in_unit_range(se_model, method):
     assert hook_count(se_model) == 0
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "hirescam"])
+def test_cams_equal_the_library_used_in_its_documented_way(method):
+    """Our call (frozen model, graph started at the target layer) gives the library's own result
+    for a plain trainable model with the whole graph built from the weights."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM,
+               "hirescam": pgc.HiResCAM}
+    reference_model = build("resnet20-lgam")  # requires_grad=True everywhere, as in the library's examples
+    x = images(batch=2)
+    with classes[method](model=reference_model, target_layers=[reference_model.layer2]) as cam:
+        expected = cam(input_tensor=x, targets=[ClassifierOutputTarget(3), ClassifierOutputTarget(6)])
+    frozen = build("resnet20-lgam").requires_grad_(False)
+    ours = explain(frozen, x, target=[3, 6], method=method, layer="layer2")
+    for result, reference in zip(ours, expected, strict=True):
+        np.testing.assert_allclose(result.heatmap, reference, atol=1e-4)
+
+
 def test_named_layer_and_errors(se_model):
     x = images()
     (first, _) = explain(se_model, x, layer="layer2.1")

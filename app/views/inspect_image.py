@@ -102,24 +102,24 @@ def heat_map_grid() -> None:
     mask_site = d3.radio("Module mask shown", ["deepest site", "shallowest site"], horizontal=True,
                          key="inspect_mask_site", disabled=not show_masks)
     figures = []
-    header = st.columns([1] + [2] * len(models))
+    header = st.columns([1] + [2] * max(len(models), 3))
     header[0].markdown("**picture**")
-    for col, m in zip(header[1:], models, strict=True):
+    for col, m in zip(header[1:], models, strict=False):
         tag = " *(untrained)*" if m["source"] == "untrained" else ""
         col.markdown(f"<span style='color:{colors[chosen.index(m['id'])]}'>■</span> **{m['name']}**{tag}",
                      unsafe_allow_html=True)
     good_index = {item["digest"]: i for i, item in enumerate(good)}
     for row, item in enumerate(items):
-        cells = st.columns([1] + [2] * len(models))
+        cells = st.columns([1] + [2] * max(len(models), 3))
         if item["error"] is not None:
             cells[0].markdown(f"**{item['name']}**")
             cells[1].warning(f"{item['name']} could not be used: {item['error']}.", icon=":material/broken_image:")
             continue
         index = good_index[item["digest"]]
-        cells[0].image(item["display"], caption=item["name"], width="stretch")
+        cells[0].image(item["display"], caption=item["name"], width=160)
         for note in item["notes"]:
             cells[0].caption(note)
-        for col, m in zip(cells[1:], models, strict=True):
+        for col, m in zip(cells[1:], models, strict=False):
             if m["id"] not in results:
                 col.caption("no result (see the message above)")
                 continue
@@ -132,7 +132,7 @@ def heat_map_grid() -> None:
                 if m["id"] in scores:
                     s = scores[m["id"]][j]
                     text += f" · deletion {s['deletion']:.3f} · insertion {s['insertion']:.3f}"
-                col.image(png, caption=text, width="stretch")
+                col.image(png, caption=text, width=ui.GRID_IMAGE_WIDTH)
                 col.download_button("PNG", png, file_name=f"{item['name']}-{m['name']}-{method}-{label}.png",
                                     mime="image/png", key=f"dl_{row}_{m['id']}_{j}", icon=":material/download:",
                                     on_click="ignore")
@@ -146,7 +146,7 @@ def heat_map_grid() -> None:
                 info = masks[m["id"]][site]
                 png = services.overlay_png(item["display"], info["masks"][index], colormap, opacity)
                 text = f"mask {site} · deletion {info['deletion'][index]:.3f} · insertion {info['insertion'][index]:.3f}"
-                col.image(png, caption=text, width="stretch")
+                col.image(png, caption=text, width=ui.GRID_IMAGE_WIDTH)
                 figures.append({"png": png, "row": item["name"], "column": f"{m['name']} mask {site}", "caption": text})
     st.caption("Heat maps are scaled to [0, 1] per map with one colour scale for every model; module masks "
                "are shown on their own [0, 1] values. Deletion (lower is better) and insertion (higher is "

@@ -81,7 +81,7 @@ if st.session_state.get("train_watch") not in by_id:
 
 def run_label(job_id: str) -> str:
     r = by_id[job_id]
-    return f"{r.request['spec']} · {r.request['dataset'].split('/')[-1]} · {r.request['epochs']} ep · {r.state} · {job_id[:15]}"
+    return f"{r.request['spec']} · {r.request['dataset'].split('/')[-1]} · {r.request['epochs']} ep · {job_id[:15]}"
 
 
 st.subheader("Watch a run")

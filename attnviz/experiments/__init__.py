@@ -43,8 +43,9 @@ STUDIES: dict[str, Study] = {
         "activations", "Activations in the SE excitation",
         "FeLU paper §3.1-3.2 (tables 1-2): 6 excitation activations x normalised/standardised inputs x 5 runs, "
         "metrics A-D, dead excitation units over training.",
-        {"tiny": "digits + CIFAR-10 sample subsets, 2 runs, 2-3 epochs (seconds)",
-         "small": "MNIST (if downloadable) or 8x8 digits, CIFAR-10 sample subset; 5 runs; ~10-20 min on 2 cores",
+        {"tiny": "digits + CIFAR-10 sample subsets, ReLU and FeLU only, 2 runs, 2 epochs (seconds)",
+         "small": "MNIST (if downloadable), 8x8 digits (100 epochs), CIFAR-10 sample subset (1,000/500, 10 epochs); "
+                  "5 runs; about 26 CPU-minutes (one thread)",
          "full": "MNIST and CIFAR-10 in full, 100 epochs, 5 runs"},
     ),
     "modules": Study(
@@ -52,24 +53,24 @@ STUDIES: dict[str, Study] = {
         "none, SE, SE-FeLU, LGAM, CBAM, BAM, SGE, ECA on ResNet-20, >= 3 seeds each, one recipe: test error "
         "mean ± std, params, FLOPs, train/inference time per epoch, which differences exceed the seed spread.",
         {"tiny": "sample subset, 1 epoch, 3 seeds, 3 modules (seconds)",
-         "small": "shipped CIFAR-10 sample (2,000/500 images), 12 epochs, 3 seeds (~40 min on 2 cores)",
+         "small": "shipped CIFAR-10 sample (2,000/500 images), 12 epochs, 3 seeds (estimated 40 min on 2 idle cores)",
          "full": "full CIFAR-10, 30 epochs, 5 seeds (GPU)"},
     ),
     "interflow": Study(
         "interflow", "Interflow's aggregation",
         "hard (equal, deep-weighted) vs soft vs per_class Interflow on ResNet-20 and narrow VGG-16: accuracy, "
         "each branch's own accuracy, learned branch weights at the end and over training (claims 3-5).",
-        {"tiny": "sample subset, 1 epoch, ResNet-20 only (seconds)",
-         "small": "shipped CIFAR-10 sample, 12 epochs, 1 seed (~15 min on 2 cores)",
+        {"tiny": "sample subset, 2 epochs, ResNet-20 only (seconds)",
+         "small": "shipped CIFAR-10 sample, 12 epochs, 1 seed (estimated 15 min on 2 idle cores)",
          "full": "full CIFAR-10, 30 epochs, 3 seeds (GPU)"},
     ),
     "faithfulness": Study(
         "faithfulness", "Which explanations are faithful?",
         "Deletion/insertion AUC of Grad-CAM, Grad-CAM++ and Integrated Gradients, the modules' own spatial masks "
-        "and two controls for every zoo checkpoint on 500 CIFAR-10 test images; pointing game on pasted objects.",
-        {"tiny": "16 images, 1 checkpoint (seconds)",
-         "small": "the sample's 500 test images, every CIFAR-10 checkpoint (~10-15 min on 2 cores)",
-         "full": "1,000 test images, 32 steps per curve"},
+        "and two controls for every zoo checkpoint on 500 CIFAR-10 test images; grid pointing game on 2x2 mosaics.",
+        {"tiny": "20 images, 1 checkpoint (seconds)",
+         "small": "the sample's 500 test images, every CIFAR-10 checkpoint (estimated 2-3 min per checkpoint)",
+         "full": "1,000 test images, 1,000 mosaics, 32 steps per curve"},
     ),
 }
 

@@ -52,7 +52,6 @@ from attnviz.experiments.base import (
     Table,
     _no_progress,
     check_budget,
-    device_label,
     new_figure,
     paper_table,
     save_figure,
@@ -75,7 +74,6 @@ BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
 PROBE_SIZE = 256
 GRADIENT_FLOOR = 1e-3
-CIFAR_ENV = "ATTNVIZ_EXPERIMENT_CIFAR10"
 
 
 @dataclass(frozen=True)
@@ -96,6 +94,7 @@ class ActivationsBudget:
                 f"{d}: {'all' if self.per_class.get(d) is None else '/'.join(map(str, self.per_class[d]))}"
                 for d in self.datasets),
             "network": f"conv3x3({FILTERS}) + SE(r={REDUCTION}) + maxpool2 + FC; Adam {LEARNING_RATE}, batch {BATCH_SIZE}",
+            "threads": "1 (torch.set_num_threads during the study)",
         }
 
 
@@ -103,7 +102,7 @@ BUDGETS = {
     "tiny": ActivationsBudget(datasets=("digits", "cifar10"), runs=2, epochs={"digits": 2, "cifar10": 2},
                               per_class={"digits": (20, 10), "cifar10": (10, 5)}, activations=("relu", "felu")),
     "small": ActivationsBudget(datasets=("mnist", "digits", "cifar10"), runs=5,
-                               epochs={"mnist": 20, "digits": 100, "cifar10": 20},
+                               epochs={"mnist": 20, "digits": 100, "cifar10": 10},
                                per_class={"mnist": (300, 100), "digits": None, "cifar10": (100, 50)}),
     "full": ActivationsBudget(datasets=("mnist", "digits", "cifar10"), runs=5,
                               epochs={"mnist": 100, "digits": 100, "cifar10": 100},
@@ -233,6 +232,7 @@ def load_study_data(name: str, per_class, notes: list[str]) -> ArrayData | None:
     """One of the study's data sets, or None (with a note saying why) when it cannot be had."""
     from attnviz.data import load_dataset
     from attnviz.errors import DatasetError
+    from attnviz.experiments.training import CIFAR_ENV
 
     if name == "digits":
         return _digits(per_class)
@@ -261,11 +261,23 @@ def load_study_data(name: str, per_class, notes: list[str]) -> ArrayData | None:
 # one run
 
 
-def train_one(data: ArrayData, preprocessing: str, activation: str, seed: int, epochs: int) -> dict:
-    """Train one ExcitationNet; per-epoch train/val accuracy and dead-unit fractions."""
+def _initial(data: ArrayData, preprocessing: str, activation: str, seed: int):
+    """(net at initialisation, train inputs, validation inputs): the start of run ``seed``."""
     train_x, val_x = data.prepared(preprocessing)
     torch.manual_seed(seed)
     net = ExcitationNet(train_x.shape[1], tuple(train_x.shape[2:]), data.num_classes, activation)
+    return net, train_x, val_x
+
+
+def dead_at_init(data: ArrayData, preprocessing: str, activation: str, seed: int) -> tuple[float, float]:
+    """Dead-unit fractions of run ``seed`` before its first step (same weights as ``train_one`` starts from)."""
+    net, _, val_x = _initial(data, preprocessing, activation, seed)
+    return dead_fractions(net, val_x[:PROBE_SIZE])
+
+
+def train_one(data: ArrayData, preprocessing: str, activation: str, seed: int, epochs: int) -> dict:
+    """Train one ExcitationNet; per-epoch train/val accuracy and dead-unit fractions."""
+    net, train_x, val_x = _initial(data, preprocessing, activation, seed)
     optimiser = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
     shuffle = torch.Generator().manual_seed(seed)
     probe = val_x[:PROBE_SIZE]
@@ -304,10 +316,19 @@ def train_one(data: ArrayData, preprocessing: str, activation: str, seed: int, e
 # the study
 
 
-def run(budget: str = "small", out_dir="reports", progress: Progress | None = None) -> "os.PathLike":
+def run(budget: str = "small", out_dir="reports", progress: Progress | None = None) -> os.PathLike:
     """Run the study at ``budget`` and write ``out_dir/activations/report.json`` (returned)."""
     plan = BUDGETS[check_budget(budget)]
     progress = progress or _no_progress
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the network is tiny: one thread does more work per CPU-second than two
+    try:
+        return _run(plan, budget, out_dir, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(plan: ActivationsBudget, budget: str, out_dir, progress: Progress):
     study = StudyRun(STUDY, TITLE, budget, out_dir, progress)
     if budget == "tiny" and "mnist" not in plan.datasets:
         study.notes.append("MNIST is not attempted at the tiny budget.")
@@ -344,8 +365,15 @@ def _summaries(plan, datasets, runs) -> dict:
         dead_relu = np.array([r["dead_relu"] for r in results])
         dead_grad = np.array([r["dead_gradient"] for r in results])
         final_mean, final_std = mean_std([r["val_acc"][-1] for r in results])
+        # epoch 0 = before training (recomputed here: the run's seeded initial weights, no training needed)
+        init = np.array([dead_at_init(datasets[dataset_name], preprocessing, activation, seed)
+                         for seed in range(len(results))])
+        dead_relu = np.concatenate([init[:, :1], dead_relu], axis=1)
+        dead_grad = np.concatenate([init[:, 1:], dead_grad], axis=1)
+        percent = {"A", "B", "C", "D", "B_peak_of_mean"}
         out.setdefault(dataset_name, {}).setdefault(preprocessing, {})[activation] = {
-            **{k: (v * 100 if k in "ABCD" or k == "B_peak_of_mean" else v) for k, v in metrics.items()},
+            **{k: (v * 100 if k in percent else v) for k, v in metrics.items()},
+            "dead_relu_init": float(dead_relu[:, 0].mean()), "dead_gradient_init": float(dead_grad[:, 0].mean()),
             "final_val_acc_mean": final_mean * 100, "final_val_acc_std": final_std * 100,
             "final_val_accs": [round(r["val_acc"][-1] * 100, 4) for r in results],
             "dead_relu_curve": dead_relu.mean(axis=0).round(6).tolist(),
@@ -369,7 +397,7 @@ def _write_report(study: StudyRun, plan: ActivationsBudget, datasets: dict, runs
                     "standardised": (FELU_TABLE2_STANDARDISED, "FeLU paper table 2 (MNIST, standardised)")}
     tables, series, plots = [], [], []
     columns = ["activation", "A", "B", "C", "D", "t* (B)", "B (peak of mean curve)", "final val acc (mean ± std)",
-               "dead ReLU-sense, end", "dead gradient, end"]
+               "dead (pre-act <= 0), init -> end", "dead (gradient), init -> end"]
     for dataset_name, by_pre in summary.items():
         data = datasets[dataset_name]
         for preprocessing in PREPROCESSINGS:
@@ -382,7 +410,8 @@ def _write_report(study: StudyRun, plan: ActivationsBudget, datasets: dict, runs
                 rows.append([activation, round(s["A"], 2), round(s["B"], 2), round(s["C"], 2), round(s["D"], 2),
                              s["t_star"] + 1, round(s["B_peak_of_mean"], 2),
                              f"{s['final_val_acc_mean']:.2f} ± {s['final_val_acc_std']:.2f}",
-                             round(s["dead_relu_final"], 3), round(s["dead_gradient_final"], 3)])
+                             f"{s['dead_relu_init']:.2f} -> {s['dead_relu_final']:.2f}",
+                             f"{s['dead_gradient_init']:.2f} -> {s['dead_gradient_final']:.2f}"])
             paper_values, paper_source = paper_by_pre[preprocessing]
             paper = paper_table(f"MNIST, {preprocessing} inputs: A-D (%)", ["activation", "A", "B", "C", "D"],
                                 [[a, *paper_values[a]] for a in plan.activations if a in paper_values], paper_source)
@@ -395,8 +424,9 @@ def _write_report(study: StudyRun, plan: ActivationsBudget, datasets: dict, runs
                          "runs of the last epoch's validation accuracy; B = mean validation accuracy at the epoch "
                          "t* (1-based) where the run-mean training accuracy peaks; C = best run's last-epoch "
                          "validation accuracy; D = best validation accuracy of any run at any epoch. Dead units: "
-                         "fraction of the SE hidden units dead on the probe batch at the last epoch (mean over "
-                         "runs)."),
+                         "fraction of the SE hidden units dead on the probe batch before training and at the last "
+                         "epoch (mean over runs); pre-act <= 0: for every probe image; gradient: the activation's "
+                         "derivative below 1e-3 for every probe image."),
             ))
         for kind, label in (("dead_gradient", "gradient-dead"), ("dead_relu", "pre-activation <= 0")):
             lines = []
@@ -405,10 +435,10 @@ def _write_report(study: StudyRun, plan: ActivationsBudget, datasets: dict, runs
                     s = by_pre.get(preprocessing, {}).get(activation)
                     if s is not None:
                         curve = s[f"{kind}_curve"]
-                        lines.append({"label": f"{activation} ({preprocessing})", "x": list(range(1, len(curve) + 1)),
+                        lines.append({"label": f"{activation} ({preprocessing})", "x": list(range(len(curve))),
                                       "y": curve})
             series.append(Series(id=f"{dataset_name}-{kind}", title=f"{dataset_name}: fraction of {label} "
-                                 "excitation units over training (mean over runs)", x_label="epoch",
+                                 "excitation units over training (mean over runs)", x_label="epoch (0 = at init)",
                                  y_label="fraction of hidden units", lines=lines))
         plots.append(_plot_dataset(study, dataset_name, by_pre, plan))
     reading = activations_reading(summary, plan.activations)
@@ -416,7 +446,7 @@ def _write_report(study: StudyRun, plan: ActivationsBudget, datasets: dict, runs
                                                      "n_val": int(d.val_y.numel())} for k, d in datasets.items()}}
     unit_times = [r["unit_time_s"] for results_ in runs.values() for r in results_ if "unit_time_s" in r]
     return study.write(question=QUESTION, budget_detail=plan.describe(), seeds=list(range(plan.runs)),
-                       device=device_label(torch.device("cpu")), tables=tables, series=series, plots=plots,
+                       device=f"CPU, 1 thread ({os.cpu_count()} logical cores visible)", tables=tables, series=series, plots=plots,
                        results=results, reading=reading, unit_times=unit_times)
 
 
@@ -435,13 +465,14 @@ def _plot_dataset(study: StudyRun, dataset_name: str, by_pre: dict, plan: Activa
             width = 2.2 if activation == "felu" else 1.2
             axes[0][col].plot(epochs, [v * 100 for v in s["val_acc_curve"]], color=colours[activation],
                               lw=width, label=activation)
-            axes[1][col].plot(epochs, s["dead_gradient_curve"], color=colours[activation], lw=width, label=activation)
+            axes[1][col].plot(range(len(s["dead_gradient_curve"])), s["dead_gradient_curve"], color=colours[activation],
+                              lw=width, label=activation)
         axes[0][col].set_title(f"{preprocessing}: validation accuracy (mean of runs)")
         axes[0][col].set_ylabel("%")
         axes[1][col].set_title(f"{preprocessing}: gradient-dead excitation units")
         axes[1][col].set_ylabel("fraction")
         axes[1][col].set_ylim(-0.03, 1.03)
-        axes[1][col].set_xlabel("epoch")
+        axes[1][col].set_xlabel("epoch (0 = at initialisation)")
         lows = [min(s["val_acc_curve"][len(s["val_acc_curve"]) // 2:]) for s in cells.values()] if cells else [0]
         axes[0][col].set_ylim(max(0.0, math.floor(min(lows) * 100) - 2), None)
     axes[0][0].legend(fontsize=8, ncol=2)

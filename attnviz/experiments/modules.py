@@ -193,7 +193,7 @@ def _plot(study: StudyRun, plan: ModulesBudget, modules: dict) -> dict:
     ax_err.set_title("Test error: mean ± std over seeds (dots: seeds)")
     for m in names:
         curve = modules[m]["test_acc_curve"]
-        ax_curve.plot(range(1, len(curve) + 1), [100 * v for v in curve], label=m)
+        ax_curve.plot(range(1, len(curve) + 1), [100 * v for v in curve], marker="o", ms=3, label=m)
     ax_curve.set_xlabel("epoch")
     ax_curve.set_ylabel("test accuracy %")
     ax_curve.set_title("Test accuracy over training (mean over seeds)")

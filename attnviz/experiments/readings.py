@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from attnviz.experiments.metrics import SPREAD_FACTOR, compare_to_reference
 
 
@@ -63,23 +65,27 @@ def activations_reading(summary: dict, activations: Sequence[str]) -> str:
                 "differences (a few tenths of a percent, single numbers without a spread) are of the same order as "
                 "run-to-run noise here."
             )
-    relu_dead, felu_dead, worst = [], [], []
+    relu_dead, relu_init, felu_dead = [], [], []
     for by_pre in summary.values():
         for cells in by_pre.values():
             if "relu" in cells:
                 relu_dead.append(cells["relu"]["dead_relu_final"])
+                if "dead_relu_init" in cells["relu"]:
+                    relu_init.append(cells["relu"]["dead_relu_init"])
             if "felu" in cells:
                 felu_dead.append(cells["felu"]["dead_gradient_final"])
-            for activation, cell in cells.items():
-                worst.append((cell["dead_gradient_max"], activation))
     if relu_dead:
         mean_relu = sum(relu_dead) / len(relu_dead)
         mean_felu = sum(felu_dead) / len(felu_dead) if felu_dead else math.nan
+        start = f"{sum(relu_init) / len(relu_init):.0%} before training and " if relu_init else ""
         sentences.append(
-            f"Dead excitation units: at the end of training {mean_relu:.0%} of ReLU's hidden units were dead (pre-"
-            f"activation <= 0 for every probe image; averaged over runs and settings) against {mean_felu:.0%} "
-            "gradient-dead units for FeLU."
+            f"Dead excitation units (pre-activation <= 0 for every probe image, averaged over runs and settings): "
+            f"{start}{mean_relu:.0%} at the end of training for ReLU, whose dead units pass no gradient; FeLU's "
+            f"units kept a gradient ({mean_felu:.0%} gradient-dead at the end)."
         )
+        if relu_init and abs(mean_relu - sum(relu_init) / len(relu_init)) < 0.05:
+            sentences.append("The dead fraction was already about as high at initialisation, so training itself "
+                             "did not make more ReLU units die.")
         if mean_relu == 0:
             sentences.append("So in this small network ReLU units did not die, and the paper's motivating problem "
                              "did not arise here.")
@@ -145,3 +151,125 @@ def modules_reading(summary: dict, *, data_label: str, epochs: int) -> str:
             "evidence that it does not exist at full scale."
         )
     return " ".join(sentences)
+
+
+def interflow_reading(summary: dict, *, data_label: str, epochs: int) -> str:
+    """``summary[arch][variant]`` as built by ``attnviz.experiments.interflow.summarise``."""
+    sentences = []
+    for arch, variants in summary.items():
+        if not variants:
+            continue
+        ranked = sorted(variants.items(), key=lambda item: -item[1]["test_acc_mean"])
+        best_name, best = ranked[0]
+        worst_name, worst = ranked[-1]
+        seeds = min(v["seeds"] for v in variants.values())
+        gap = best["test_acc_mean"] - worst["test_acc_mean"]
+        spread = max(v["test_acc_std"] for v in variants.values())
+        if seeds > 1:
+            judged = ("larger" if gap > SPREAD_FACTOR * spread else "not larger")
+            spread_text = f", {judged} than {SPREAD_FACTOR:g}x the largest seed std ({spread:.2f})"
+        else:
+            spread_text = " (one seed each, so no seed spread to judge it against)"
+        sentences.append(
+            f"{arch}: {best_name} was most accurate ({best['test_acc_mean']:.2f}%) and {worst_name} least "
+            f"({worst['test_acc_mean']:.2f}%), a gap of {gap:.2f} points{spread_text}."
+        )
+        for variant in ("soft", "per_class"):
+            c = variants.get(variant, {}).get("claims")
+            if c is None:
+                continue
+            weights = " / ".join(f"{w:+.2f}" for w in c["weights_per_branch"])
+            parts = [f"the {variant} weights ended at {weights} (shallow to deep)"]
+            parts.append("the shallowest weight was negative and the deepest positive, as claim 3 allows"
+                         if c["claim3_shallow_negative_deep_positive"]
+                         else "claim 3's pattern (shallow negative, deep positive) did not appear")
+            if c["near_zero_branches"]:
+                parts.append("branch(es) " + ", ".join(str(i + 1) for i in c["near_zero_branches"])
+                             + " got a near-zero weight")
+            else:
+                parts.append("no branch got a near-zero weight (claims 4-5 describe deeper networks than these)")
+            parts.append("the largest weight went to branch " + str(c["largest_weight_branch"] + 1)
+                         + (", which was also the most accurate on its own"
+                            if c["largest_weight_branch"] == c["best_branch"]
+                            else f", while branch {c['best_branch'] + 1} was the most accurate on its own"))
+            sentences.append(f"On {arch}, " + "; ".join(parts) + ".")
+    sentences.append(
+        f"These runs ({data_label}, {epochs} epochs) are short; learned weights move slowly from their 1/n "
+        "start, so the weight patterns describe this budget, not converged full-scale training."
+    )
+    return " ".join(sentences)
+
+
+def faithfulness_reading(summary: dict) -> str:
+    """``summary[model]`` as built by ``attnviz.experiments.faithfulness.summarise``."""
+    if not summary:
+        return ("No CIFAR-10 checkpoint was available, so nothing was measured; the study runs once the zoo's "
+                "checkpoints (or your own runs) are present.")
+    models = len(summary)
+    sentences = [f"{models} model(s) were scored."]
+    kinds = sorted({k for s in summary.values() for k in s["kinds"]})
+    best_ins = {}
+    for s in summary.values():
+        ranked = sorted(s["kinds"].items(), key=lambda item: -item[1]["insertion"])
+        best_ins[ranked[0][0]] = best_ins.get(ranked[0][0], 0) + 1
+    leader, count = max(best_ins.items(), key=lambda item: item[1])
+    sentences.append(f"The highest insertion AUC came from {leader} for {count} of {models} model(s).")
+    for kind in kinds:
+        if kind in ("random", "centre"):
+            continue
+        rows = [s["kinds"][kind] for s in summary.values() if kind in s["kinds"]]
+        vs_random = [r.get("deletion_vs_random") for r in rows if r.get("deletion_vs_random")]
+        not_better = sum(1 for c in vs_random if not (c["separated"] and c["better"]))
+        if vs_random and not_better:
+            sentences.append(
+                f"{kind}'s deletion AUC was not clearly (by 2 standard errors) better than a random map's for "
+                f"{not_better} of {len(vs_random)} model(s)."
+            )
+    centre_rows = [s["kinds"]["centre"] for s in summary.values() if "centre" in s["kinds"]]
+    gradcam_rows = [s["kinds"]["gradcam"] for s in summary.values() if "gradcam" in s["kinds"]]
+    if centre_rows and gradcam_rows:
+        centre_wins = sum(1 for s in summary.values() if "centre" in s["kinds"] and "gradcam" in s["kinds"]
+                          and s["kinds"]["centre"]["insertion"] >= s["kinds"]["gradcam"]["insertion"])
+        if centre_wins:
+            sentences.append(
+                f"A model-blind centred blob matched or beat Grad-CAM's insertion AUC for {centre_wins} of "
+                f"{len(gradcam_rows)} model(s): on CIFAR-10, where objects sit in the middle, part of what these "
+                "scores reward is the centre prior."
+            )
+    point = {k: np.mean([s["kinds"][k]["pointing"] for s in summary.values() if k in s["kinds"]]) for k in kinds}
+    ranked_point = sorted(((v, k) for k, v in point.items() if k not in ("random", "centre")), reverse=True)
+    if ranked_point:
+        value, kind = ranked_point[0]
+        control = f", against {100 * point['random']:.0f}% for the random control" if "random" in point else ""
+        sentences.append(
+            f"In the pointing game (chance 25%{control}) the best map on average was {kind} ({100 * value:.0f}% of objects "
+            "found in its quadrant); the 2 x 2 mosaics are out of distribution for these models, so this measures "
+            "localisation under a shift, not on CIFAR-10 itself."
+        )
+    n = min(r["n"] for s in summary.values() for r in s["kinds"].values())
+    sentences.append(f"Each score averages {n} images; comparisons use paired per-image differences.")
+    return " ".join(sentences)
+
+
+def reading_for(report: dict) -> str:
+    """The reading of a report.json, regenerated from its numbers (falls back to the stored text).
+
+    The app calls this so that a report written by an older version gets today's wording, while the
+    numbers stay the ones the report holds.
+    """
+    study = report.get("study")
+    results = report.get("results") or {}
+    detail = (report.get("metadata") or {}).get("budget_detail") or {}
+    try:
+        if study == "activations":
+            activations = [a.strip() for a in str(detail.get("activations", "")).split(",") if a.strip()]
+            return activations_reading(results["summary"], activations)
+        if study == "modules":
+            return modules_reading(results, data_label=str(detail.get("data", "")), epochs=int(detail["epochs"]))
+        if study == "interflow":
+            return interflow_reading(results, data_label=str(detail.get("data", "")), epochs=int(detail["epochs"]))
+        if study == "faithfulness":
+            return faithfulness_reading(results)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        pass
+    return str(report.get("reading", ""))

@@ -13,6 +13,8 @@ model, and deletes the checkpoint files: the unit's JSON result is what is kept.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -69,7 +71,11 @@ def train_unit(spec: str, dataset, recipe, work_dir: Path, key: str, device: tor
     from attnviz.stats import count_params
     from attnviz.train import train
 
-    name = safe_key(key)
+    # The run's name carries a hash of what defines it, so the trainer's resume never continues a
+    # stale run of another recipe or data set left in .work/ by an earlier version of the study.
+    identity = json.dumps({"spec": spec, "recipe": recipe.to_dict(), "data": dataset.name,
+                           "n": [dataset.n_train, dataset.n_test]}, sort_keys=True)
+    name = f"{safe_key(key)}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
     work_dir.mkdir(parents=True, exist_ok=True)
     result = train(spec, dataset, recipe, out_dir=work_dir, name=name, device=device, resume=True)
     card = result.card

@@ -8,9 +8,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from apphelpers import ENTRY, PAGES, image_urls
+from PIL import Image
 
 
 def _png(color=(200, 30, 30), size=(48, 40)) -> bytes:
@@ -23,13 +22,16 @@ def _png(color=(200, 30, 30), size=(48, 40)) -> bytes:
 
 
 def _run_page(at, page: str):
-    at.run()
-    if page != "views/zoo.py":
-        at.switch_page(page).run()
+    """Open ``page`` directly (the first run of a session goes straight there, as a deep link does)."""
+    at.switch_page(page).run()
     return at
 
 
-@pytest.mark.parametrize("page", PAGES)
+# pages that run models take several seconds each on 2 shared cores: slow (CI runs them)
+_FAST_PAGES = {"views/activations.py", "views/train.py"}
+
+
+@pytest.mark.parametrize("page", [p if p in _FAST_PAGES else pytest.param(p, marks=pytest.mark.slow) for p in PAGES])
 def test_every_page_renders_without_errors(app, page):
     at = _run_page(app, page)
     assert not at.exception, [e.value for e in at.exception]
@@ -50,20 +52,21 @@ def test_model_choice_is_in_the_url_and_holds_across_pages(app):
     rows = services.zoo_rows()
     wanted = [rows[-1]["id"], rows[0]["id"]]
     app.query_params["models"] = wanted
-    app.run()
+    app.switch_page("views/activations.py").run()
     assert app.sidebar.multiselect(key="models").value == wanted
     app.sidebar.multiselect(key="models").set_value(wanted[:1]).run()
     assert app.query_params["models"] in (wanted[:1], wanted[0])
-    for page in ("views/activations.py", "views/about.py", "views/inspect_image.py"):
+    for page in ("views/train.py", "views/activations.py"):
         app.switch_page(page).run()
         assert not app.exception
         assert app.sidebar.multiselect(key="models").value == wanted[:1]
 
 
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
 def test_zoo_says_plainly_when_no_weights_are_shipped(app):
     import services
 
-    app.run()
+    app.switch_page("views/zoo.py").run()
     rows = services.zoo_rows()
     warnings = " ".join(w.value for w in app.warning)
     if any(r["source"] == "shipped" for r in rows):
@@ -77,6 +80,7 @@ def test_zoo_says_plainly_when_no_weights_are_shipped(app):
     assert frame["params (M)"].notna().all() and frame["CPU ms"].notna().all()
 
 
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
 def test_inspect_method_change_redraws_the_grid_and_recomputes(app):
     import services
 
@@ -92,6 +96,7 @@ def test_inspect_method_change_redraws_the_grid_and_recomputes(app):
     assert services.COMPUTE_COUNTS["explain"] > explains  # computed, not cached
 
 
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
 def test_display_only_settings_run_no_model(app):
     import services
 
@@ -106,6 +111,7 @@ def test_display_only_settings_run_no_model(app):
     assert set(image_urls(at)) != set(before)  # but the pictures did change
 
 
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
 def test_bad_upload_shows_one_sentence_and_the_rest_still_works(app):
     at = _run_page(app, "views/inspect_image.py")
     at.file_uploader(key="inspect_upload").set_value([
@@ -122,6 +128,7 @@ def test_bad_upload_shows_one_sentence_and_the_rest_still_works(app):
     assert "square.png" in captions
 
 
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
 def test_each_model_is_loaded_once_per_process(app):
     import services
     from streamlit.testing.v1 import AppTest
@@ -149,6 +156,7 @@ def test_activations_range_and_choice_drive_the_curves(app):
     assert abs(float(metrics["FeLU minimum at x"]) - np.log(np.sqrt(2) - 1)) < 1e-3
 
 
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
 def test_se_page_compares_two_pictures_and_counts_dead_units(app):
     at = _run_page(app, "views/channel_attention.py")
     assert not at.exception

@@ -1,0 +1,83 @@
+"""A real browser against the real server: upload a picture, see the heat map grid, train one epoch on
+the sample set, see the run finish and appear in the Zoo. Screenshots go to test-output/browser/."""
+
+from __future__ import annotations
+
+import io
+import time
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pytest
+from appserver import CHROMIUM, CHROMIUM_ARGS, OUTPUT, app_server, wait_idle
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+
+def _png() -> bytes:
+    rng = np.random.default_rng(0)
+    array = (rng.random((64, 64, 3)) * 80).astype(np.uint8)
+    array[16:48, 20:44] = (230, 200, 40)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def browser_page():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 2600})
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def test_upload_inspect_train_and_zoo(tmp_path, browser_page):
+    shots = OUTPUT / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    page = browser_page
+    with app_server(tmp_path / "home") as (base, _):
+        # 1. first paint of the entry page
+        started = time.perf_counter()
+        page.goto(base + "/")
+        page.get_by_text("Model zoo").first.wait_for(timeout=60_000)
+        first_paint = time.perf_counter() - started
+        wait_idle(page)
+        page.screenshot(path=str(shots / "1-zoo.png"))
+
+        # 2. upload a picture on Inspect: the grid gets one more row, with a heat map per model
+        page.goto(base + "/inspect_image")
+        wait_idle(page)
+        grid_before = page.locator("[data-testid='stImage']").count()
+        page.get_by_role("tab", name="Upload").click()
+        page.locator("input[type='file']").first.set_input_files(
+            files=[{"name": "yellow-box.png", "mimeType": "image/png", "buffer": _png()},
+                   {"name": "broken.png", "mimeType": "image/png", "buffer": b"not a picture at all"}])
+        page.get_by_text("yellow-box.png").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        page.get_by_text("broken.png could not be used").first.wait_for(timeout=60_000)
+        models = len(parse_qs(urlparse(page.url).query).get("models", []))  # the choice is in the URL
+        grid_after = page.locator("[data-testid='stImage']").count()
+        assert models >= 1
+        assert grid_after >= grid_before + 1 + models  # the new picture, its thumbnail and one map per model
+        page.screenshot(path=str(shots / "2-inspect-upload.png"))
+
+        # 3. a 1-epoch run on the sample set, watched live until it finishes
+        page.goto(base + "/train")
+        wait_idle(page)
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text("In the zoo as").first.wait_for(timeout=400_000)
+        wait_idle(page)
+        page.screenshot(path=str(shots / "3-train-finished.png"))
+        assert page.get_by_text("finished").count() >= 1
+
+        # 4. the run is in the Zoo
+        page.goto(base + "/")
+        wait_idle(page)
+        page.get_by_text("your run").first.wait_for(state="attached", timeout=60_000)  # a grid cell
+        page.screenshot(path=str(shots / "4-zoo-with-run.png"))
+    (shots / "first-paint.txt").write_text(f"{first_paint:.2f} s to the first visible title\n")
