@@ -19,6 +19,9 @@ def main(names: list[str]) -> int:
     rows = [r for r in list_checkpoints([SHIPPED_DIR]) if not names or r["name"] in names]
     for row in rows:
         model, card = load_checkpoint(row["path"])
+        if card.get("status", "complete") != "complete":
+            print(f"skip {row['name']}: training not finished ({card.get('status')})")
+            continue
         logits = golden_logits(model, card)
         out = {"name": row["name"], "weights_sha256": card["weights_sha256"], "logits": logits.tolist()}
         (GOLDEN_DIR / f"{row['name']}.json").write_text(json.dumps(out) + "\n")
