@@ -155,7 +155,8 @@ def zoo_table(rows: list[dict]) -> list[dict]:
             "model": r["name"], "source": r["source"] + ("" if r.get("status") in ("complete", "untrained", None)
                                                          else f" ({r['status']})"),
             "spec": r["spec"], "attention": r["attention"],
-            "activation": r["activation"], "interflow": r["interflow"], "dataset": r["dataset"],
+            "activation": r["activation"], "interflow": r["interflow"],
+            "dataset": r["dataset"].rsplit("/", 1)[-1] if r["dataset"].startswith("imagefolder:") else r["dataset"],
             "params (M)": None if r["params"] is None else r["params"] / 1e6,
             "FLOPs (M)": None if r["flops"] is None else r["flops"] / 1e6,
             "test acc %": None if r["test_acc"] is None else 100 * r["test_acc"],

@@ -293,3 +293,23 @@ def test_ddp_two_cpu_processes_on_the_sample_set(tmp_path):
     data = load_dataset("sample", cache_dir=tmp_path / "cache")
     measured = evaluate(model, data.test_images, data.test_labels, card["mean"], card["std"])
     assert measured["test_acc"] == card["metrics"]["test_acc"]
+
+
+def test_zoo_train_all_skips_finished_entries_and_writes_the_readme(tiny, tmp_path):
+    from attnviz.zoo import ZOO, train_all
+
+    assert len(ZOO) == 11 and len({spec for _, spec in ZOO}) == 11
+    recipe = Recipe(epochs=1, batch_size=40, probe_size=16)
+    lines = []
+    outcomes = train_all(tiny, tmp_path, only=["resnet20", "vgg16-interflow-soft"], device="cpu", recipe=recipe,
+                         log=lines.append)
+    assert set(outcomes) == {"resnet20", "vgg16-interflow-soft"}
+    assert all(o.startswith("complete") for o in outcomes.values())
+    readme = (tmp_path / "README.md").read_text()
+    assert "| resnet20 | `resnet20` |" in readme and "`vgg16-interflow-soft:width=0.5`" in readme
+    assert "python scripts/train_zoo.py" in readme
+    before = (tmp_path / "resnet20.json").read_text()
+    lines.clear()
+    train_all(tiny, tmp_path, only=["resnet20"], device="cpu", recipe=recipe, log=lines.append)
+    assert (tmp_path / "resnet20.json").read_text() == before  # finished: skipped, not retrained
+    assert not any("training" in line for line in lines)

@@ -1,0 +1,220 @@
+"""The shipped zoo (issue 5): which models, one shared recipe, and the resumable ``train_all``.
+
+Every entry is trained on the full CIFAR-10 training set (50,000 images, read with ``imagefolder:``
+from the JPEG tarball) and evaluated on the full 10,000-image test set with the same recipe, so the
+variants are comparable:
+
+- ResNet-20 (He et al. 2016, 16-32-64 widths) with no attention, SE, SE-FeLU, LGAM, CBAM, BAM, SGE, ECA
+  at their documented defaults (SE hidden width as in the core issue);
+- Interflow on ResNet-20's 3 stages, ``soft`` and ``per_class``;
+- Interflow (``soft``) on VGG-16 cut into 4 stages, at width multiplier 0.5 (every conv has half the
+  paper's channels, 32..256, so it trains on a CPU in reasonable time); ``vgg16-interflow-soft`` at the
+  full width remains available to anyone with a GPU: ``attnviz train --model vgg16-interflow-soft``.
+
+Shared recipe (:data:`ZOO_RECIPE`): 15 epochs, batch 256, SGD with Nesterov momentum 0.9, one-cycle
+schedule peaking at lr 0.4 after 25% of the steps then falling linearly to 0, weight decay 5e-4 on
+weights (not BN/bias), no label smoothing, random crop (pad 4) + flip, seed 0. The issue's bar is 88%
+for every ResNet-20 variant (85% for Interflow/VGG); a variant that falls short keeps its honest number
+in its card and is flagged in the README table rather than tuned alone.
+
+``train_all`` skips entries whose card says ``complete`` for the same dataset and epochs, resumes
+interrupted ones from their ``.trainstate``, keeps going when one entry fails (its error is listed),
+and regenerates ``README.md`` in the output folder from the cards.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from attnviz.errors import TrainingCancelled, TrainingError
+from attnviz.train import Recipe, train
+
+DEFAULT_DATA = "imagefolder:../shared/datasets/cifar10-jpeg.tar.gz"
+
+ZOO: list[tuple[str, str]] = [
+    ("resnet20", "resnet20"),
+    ("resnet20-se", "resnet20-se"),
+    ("resnet20-se-felu", "resnet20-se-felu"),
+    ("resnet20-lgam", "resnet20-lgam"),
+    ("resnet20-cbam", "resnet20-cbam"),
+    ("resnet20-bam", "resnet20-bam"),
+    ("resnet20-sge", "resnet20-sge"),
+    ("resnet20-eca", "resnet20-eca"),
+    ("resnet20-interflow-soft", "resnet20-interflow-soft"),
+    ("resnet20-interflow-per_class", "resnet20-interflow-per_class"),
+    ("vgg16-interflow-soft", "vgg16-interflow-soft:width=0.5"),
+]
+
+ZOO_RECIPE = Recipe(epochs=15, batch_size=256, lr=0.4, optimizer="nesterov", momentum=0.9, schedule="onecycle",
+                    warmup_fraction=0.25, weight_decay=5e-4, label_smoothing=0.0, seed=0)
+
+RETRAIN_COMMAND = f"python scripts/train_zoo.py --data {DEFAULT_DATA} --out checkpoints"
+
+
+def accuracy_bar(spec: str) -> float:
+    """The issue's bar: 88% for the ResNet-20 variants, 85% for Interflow and VGG models."""
+    return 0.85 if ("interflow" in spec or spec.startswith("vgg")) else 0.88
+
+
+def default_out_dir() -> Path:
+    from attnviz.checkpoints import SHIPPED_DIR
+
+    return SHIPPED_DIR
+
+
+def train_all(data: str = DEFAULT_DATA, out_dir: str | Path | None = None, only: list[str] | None = None,
+              device: str | None = None, recipe: Recipe | None = None, log=None) -> dict[str, str]:
+    """Train every zoo entry (or ``only`` those names) into ``out_dir``; returns {name: outcome}.
+
+    Unattended and resumable: finished entries are skipped, interrupted ones resume, a failing entry
+    is reported and the next one starts. A cancel (Ctrl-C / SIGTERM via the CLI) stops the whole run.
+    """
+    from attnviz.data import load_dataset
+
+    out = Path(out_dir) if out_dir is not None else default_out_dir()
+    recipe = recipe or ZOO_RECIPE
+    log = log or (lambda text: print(text, flush=True))
+    known = {name for name, _ in ZOO}
+    unknown = sorted(set(only or []) - known)
+    if unknown:
+        from attnviz.errors import AttnvizError
+
+        raise AttnvizError(f"Unknown zoo name(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+    dataset = load_dataset(data) if isinstance(data, str) else data  # decoded once for every entry
+    outcomes: dict[str, str] = {}
+    try:
+        for name, spec in ZOO:
+            if only and name not in only:
+                continue
+
+            def report(event, name=name):
+                kind = event["event"]
+                if kind == "epoch":
+                    log(f"{name}: epoch {event['epoch']}/{event['epochs']} loss {event['loss']:.4f} "
+                        f"train {event['train_acc']:.4f} test {event['test_acc']:.4f} ({event['time_s']:.0f} s)")
+                elif kind == "start":
+                    log(f"{name}: training {event['spec']} on {event['n_train']} images, {event['device']}"
+                        + (f", resumed at {event['resumed_at']}" if event.get("resumed_at") else ""))
+
+            try:
+                result = train(spec, dataset, recipe, out, name, callback=report, device=device, resume=True)
+                acc = result.card["metrics"]["test_acc"]
+                outcomes[name] = f"complete: test acc {acc:.4f}"
+                log(f"{name}: {outcomes[name]}")
+            except TrainingCancelled:
+                outcomes[name] = "cancelled"
+                raise
+            except TrainingError as err:
+                outcomes[name] = f"failed: {err}"
+                log(f"{name}: {outcomes[name]}")
+    finally:
+        write_readme(out, data=data if isinstance(data, str) else dataset.name)
+    return outcomes
+
+
+def _fmt_int(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
+def write_readme(out_dir: str | Path, data: str = DEFAULT_DATA) -> Path:
+    """Regenerate ``out_dir/README.md``: one table built from the cards found there."""
+    from attnviz.checkpoints import atomic_write_bytes, read_card
+    from attnviz.errors import CheckpointError
+
+    out = Path(out_dir)
+    order = {name: i for i, (name, _) in enumerate(ZOO)}
+    cards = []
+    for card_path in sorted(out.glob("*.json")):
+        try:
+            cards.append(read_card(card_path))
+        except CheckpointError:
+            continue
+    cards.sort(key=lambda c: (order.get(c.get("name"), len(order)), str(c.get("name"))))
+    lines = [
+        "# Shipped checkpoints",
+        "",
+        "Generated by `attnviz.zoo.write_readme` from the model cards in this folder; every number below is",
+        "copied from a card, and every card's `metrics` were measured by `attnviz eval` semantics (CPU, float32,",
+        "the full test split of the card's dataset). Check one with `attnviz eval checkpoints/NAME.json`.",
+        "",
+        "| name | spec | params | MFLOPs | test acc | bar | train time (device) | epochs | status |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for card in cards:
+        metrics = card.get("metrics") or {}
+        acc = metrics.get("test_acc")
+        bar = accuracy_bar(str(card.get("spec", "")))
+        flag = "" if acc is None or acc >= bar else " (below bar)"
+        flops = card.get("flops")
+        epochs = (card.get("recipe") or {}).get("epochs")
+        done = card.get("epochs_done")
+        epochs_text = f"{epochs}" if done in (None, epochs) else f"{done}/{epochs}"
+        seconds = card.get("train_time_s")
+        time_text = f"{seconds / 60:.1f} min ({card.get('device', '?')})" if isinstance(seconds, (int, float)) else "?"
+        flops_text = f"{flops / 1e6:.1f}" if isinstance(flops, (int, float)) else "?"
+        acc_text = "n/a" if acc is None else f"{100 * acc:.2f}%{flag}"
+        lines.append(
+            f"| {card.get('name')} | `{card.get('spec')}` | {_fmt_int(card.get('params'))} | {flops_text} | "
+            f"{acc_text} | {100 * bar:.0f}% | {time_text} | {epochs_text} | {card.get('status', '?')} |"
+        )
+    recipe = cards[0].get("recipe") if cards else json.loads(json.dumps(ZOO_RECIPE.to_dict()))
+    lines += [
+        "",
+        f"Dataset: `{cards[0].get('dataset') if cards else data}` ({_fmt_int(cards[0].get('n_train') if cards else None)} "
+        f"training and {_fmt_int((cards[0].get('metrics') or {}).get('n_test') if cards else None)} test images; the zoo "
+        "uses CIFAR-10, Krizhevsky 2009, from its JPEG mirror).",
+        "FLOPs: `torch.utils.flop_counter` on one 32x32 image (a multiply-add counts 2). `vgg16-interflow-soft` is",
+        "VGG-16 at width multiplier 0.5 (see `attnviz/zoo.py`).",
+        "",
+        "Shared recipe (from the cards): `" + json.dumps(recipe, sort_keys=True) + "`",
+        "",
+        "Retrain the whole zoo (unattended; finished models are skipped, interrupted ones resume):",
+        "",
+        "```",
+        RETRAIN_COMMAND,
+        "```",
+        "",
+        "or `attnviz zoo train-all --data imagefolder:PATH/cifar10-jpeg.tar.gz --out checkpoints`.",
+        "",
+    ]
+    path = out / "README.md"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    return path
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """Entry point of ``scripts/train_zoo.py``."""
+    import argparse
+    import signal
+    import threading
+
+    parser = argparse.ArgumentParser(description="Train the shipped zoo (resumable, unattended).")
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--out", default=None, help="default: the repository's checkpoints/")
+    parser.add_argument("--only", action="append", help="only these zoo names (repeatable)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--epochs", type=int, default=None, help=f"override the recipe's {ZOO_RECIPE.epochs}")
+    parser.add_argument("--readme-only", action="store_true", help="only regenerate README.md")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else default_out_dir()
+    if args.readme_only:
+        print(write_readme(out, args.data))
+        return 0
+    recipe = ZOO_RECIPE if args.epochs is None else Recipe(**{**ZOO_RECIPE.__dict__, "epochs": args.epochs})
+    # SIGTERM (e.g. from a scheduler) raises KeyboardInterrupt: the current epoch's checkpoint and
+    # training state are on disk, so the next start resumes there.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        outcomes = train_all(args.data, out, args.only, args.device, recipe)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except TrainingCancelled:
+        return 130
+    for name, outcome in outcomes.items():
+        print(f"{name:<30} {outcome}")
+    return 0 if all(o.startswith("complete") for o in outcomes.values()) else 1
