@@ -108,6 +108,7 @@ def test_bad_arguments_exit_2_with_one_line(small_folder, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_sigint_cancels_with_exit_130_and_a_loadable_checkpoint(small_folder, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "attnviz", *_train_args(small_folder, out, "--epochs", "50", "--json-progress")]

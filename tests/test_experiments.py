@@ -91,6 +91,17 @@ def test_activations_reading_does_not_overclaim():
     assert "relu below FeLU on digits/normalised" in text
 
 
+def test_reading_for_regenerates_from_numbers_and_falls_back_to_the_stored_text():
+    from attnviz.experiments.readings import reading_for
+
+    summary = {"digits": {"normalised": {"felu": _cell(98.0, [98.0, 98.1, 97.9]),
+                                         "relu": _cell(95.0, [95.0, 95.1, 94.9])}}}
+    report = {"study": "activations", "reading": "stored", "results": {"summary": summary},
+              "metadata": {"budget_detail": {"activations": "relu, felu"}}}
+    assert "relu below FeLU" in reading_for(report)
+    assert reading_for({"study": "modules", "reading": "stored", "results": {}, "metadata": {}}) == "stored"
+
+
 # ---------------------------------------------------------------------------------------------
 # studies at the tiny budget
 
@@ -197,7 +208,7 @@ def test_faithfulness_tiny_report(tmp_path, tiny_checkpoint):
     path = faithfulness.run("tiny", tmp_path, None, checkpoint_dirs=[tiny_checkpoint])
     report = _check_report(path, "faithfulness")
     kinds = report["results"]["tiny-cbam"]["kinds"]
-    assert set(kinds) == {"gradcam", "gradcam++", "integrated_gradients", "module mask", "random", "centre"}
+    assert set(kinds) == {"gradcam", "gradcam++", "saliency", "module mask", "random", "centre"}
     for row in kinds.values():
         assert row["n"] == 20 and row["n_pointing"] == 10
         assert 0 <= row["deletion"] <= 1 and 0 <= row["insertion"] <= 1 and 0 <= row["pointing"] <= 1

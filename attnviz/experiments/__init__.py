@@ -53,7 +53,7 @@ STUDIES: dict[str, Study] = {
         "none, SE, SE-FeLU, LGAM, CBAM, BAM, SGE, ECA on ResNet-20, >= 3 seeds each, one recipe: test error "
         "mean ± std, params, FLOPs, train/inference time per epoch, which differences exceed the seed spread.",
         {"tiny": "sample subset, 1 epoch, 3 seeds, 3 modules (seconds)",
-         "small": "shipped CIFAR-10 sample (2,000/500 images), 12 epochs, 3 seeds (estimated 40 min on 2 idle cores)",
+         "small": "shipped CIFAR-10 sample (2,000/500 images), 10 epochs, 3 seeds (estimated 30 min on 2 idle cores)",
          "full": "full CIFAR-10, 30 epochs, 5 seeds (GPU)"},
     ),
     "interflow": Study(
@@ -61,15 +61,17 @@ STUDIES: dict[str, Study] = {
         "hard (equal, deep-weighted) vs soft vs per_class Interflow on ResNet-20 and narrow VGG-16: accuracy, "
         "each branch's own accuracy, learned branch weights at the end and over training (claims 3-5).",
         {"tiny": "sample subset, 2 epochs, ResNet-20 only (seconds)",
-         "small": "shipped CIFAR-10 sample, 12 epochs, 1 seed (estimated 15 min on 2 idle cores)",
+         "small": "shipped CIFAR-10 sample, 10 epochs, 1 seed (estimated 10 min on 2 idle cores)",
          "full": "full CIFAR-10, 30 epochs, 3 seeds (GPU)"},
     ),
     "faithfulness": Study(
         "faithfulness", "Which explanations are faithful?",
-        "Deletion/insertion AUC of Grad-CAM, Grad-CAM++ and Integrated Gradients, the modules' own spatial masks "
+        "Deletion/insertion AUC of Grad-CAM, Grad-CAM++ and Saliency (+ Integrated Gradients at full), the modules' "
+        "own spatial masks "
         "and two controls for every zoo checkpoint on 500 CIFAR-10 test images; grid pointing game on 2x2 mosaics.",
         {"tiny": "20 images, 1 checkpoint (seconds)",
-         "small": "the sample's 500 test images, every CIFAR-10 checkpoint (estimated 2-3 min per checkpoint)",
+         "small": "the sample's 500 test images, 100 mosaics, 8 steps, every CIFAR-10 checkpoint "
+                  "(estimated 2-3 CPU-minutes per checkpoint)",
          "full": "1,000 test images, 1,000 mosaics, 32 steps per curve"},
     ),
 }

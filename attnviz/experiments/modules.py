@@ -66,7 +66,7 @@ class ModulesBudget:
 
 BUDGETS = {
     "tiny": ModulesBudget(("none", "se", "se-felu"), (0, 1, 2), epochs=1, batch_size=64, per_class=(8, 4)),
-    "small": ModulesBudget(MODULES, (0, 1, 2), epochs=12, batch_size=128, per_class=(200, 50)),
+    "small": ModulesBudget(MODULES, (0, 1, 2), epochs=10, batch_size=128, per_class=(200, 50)),
     "full": ModulesBudget(MODULES, (0, 1, 2, 3, 4), epochs=30, batch_size=256, per_class=None),
 }
 
