@@ -25,13 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from attnviz.errors import AttnvizError, CheckpointError
+from attnviz.zoo import ZOO
 
 # The specs the shipped zoo is made of (issue 5); listed as untrained until their checkpoints exist.
-ZOO_SPECS = (
-    "resnet20", "resnet20-se", "resnet20-se-felu", "resnet20-lgam", "resnet20-cbam", "resnet20-bam",
-    "resnet20-sge", "resnet20-eca", "resnet20-interflow-soft", "resnet20-interflow-per_class",
-    "vgg16-interflow-soft:width=0.25",
-)
+ZOO_SPECS = tuple(spec for _, spec in ZOO)
 UNTRAINED_PREFIX = "untrained:"
 _CACHE_LOCK = threading.Lock()
 

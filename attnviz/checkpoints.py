@@ -124,7 +124,8 @@ def save_checkpoint(model: nn.Module, directory: str | Path, name: str, card: di
     card_tmp = card_path.with_name(card_path.name + ".tmp")
     tensors = state_dict_for_saving(model)
     try:
-        save_file(tensors, str(weights_tmp), metadata={"spec": str(getattr(model, "spec", "")), "format": "attnviz"})
+        # a single metadata key: safetensors writes several in random order, which would change the hash
+        save_file(tensors, str(weights_tmp), metadata={"attnviz_spec": str(getattr(model, "spec", ""))})
         with open(weights_tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         full_card = {
