@@ -170,6 +170,20 @@ def write_readme(out_dir: str | Path, data: str = DEFAULT_DATA) -> Path:
         "",
         "Shared recipe (from the cards): `" + json.dumps(recipe, sort_keys=True) + "`",
         "",
+    ]
+    shipped_epochs = (recipe or {}).get("epochs")
+    missing = [name for name, _ in ZOO if name not in {c.get("name") for c in cards}]
+    if shipped_epochs is not None and shipped_epochs != ZOO_RECIPE.epochs:
+        lines += [
+            f"**Shortened recipe.** These checkpoints were trained for {shipped_epochs} epochs instead of the zoo "
+            f"recipe's {ZOO_RECIPE.epochs}, because they were made on 2 shared CPU cores; they are below the "
+            "issue's accuracy bars and are shipped so the app shows trained (not random) attention. The command "
+            "below retrains them with the full recipe (a GPU does it in minutes).",
+            "",
+        ]
+    if missing:
+        lines += [f"Not trained yet (the app lists them as untrained): {', '.join(missing)}.", ""]
+    lines += [
         "Retrain the whole zoo (unattended; finished models are skipped, interrupted ones resume):",
         "",
         "```",
