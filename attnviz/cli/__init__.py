@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except AttnvizError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    except BrokenPipeError:  # e.g. `attnviz eval ... | head`: the reader left, which is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("cancelled\n")
         return 130

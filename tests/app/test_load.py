@@ -28,6 +28,22 @@ def _grid(page) -> list[str]:
     return sorted(page.locator("[data-testid='stImage'] img").evaluate_all("els => els.map(e => e.src.split('/').pop())"))
 
 
+def _scores(page) -> list[str]:
+    """The caption under every heat map: predicted class, its probability, deletion and insertion AUC."""
+    texts = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
+    return sorted(t for t in texts if "deletion" in t and "p=" in t)
+
+
+def _settled_grid(page, expected: int, timeout_s: float = 300.0) -> list[str]:
+    """The grid once it shows ``expected`` images (a cached rerun can finish before the page paints)."""
+    deadline = time.monotonic() + timeout_s
+    grid = _grid(page)
+    while len(grid) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        grid = _grid(page)
+    return grid
+
+
 def test_ten_tabs_inspect_while_training(tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     out = OUTPUT / "load"
@@ -39,7 +55,9 @@ def test_ten_tabs_inspect_while_training(tmp_path):
         page = context.new_page()
         page.goto(base + "/inspect_image")
         wait_idle(page, 300)
-        reference = _grid(page)
+        reference = _settled_grid(page, 9)  # 3 gallery pictures: thumbnail, grid picture, heat map each
+        reference_scores = _scores(page)
+        assert len(reference_scores) == 3
         assert reference
         context.close()
         rss_start = _rss_mb(server.pid)
@@ -73,7 +91,11 @@ def test_ten_tabs_inspect_while_training(tmp_path):
         for c in contexts:
             c.close()
         assert not errors, errors
-        assert all(result == reference for result in results.values())
+        # the numbers each tab shows (class, probability, deletion and insertion AUC per map) equal the
+        # single-tab ones (media ids are not compared: a tab read right after its rerun can still hold
+        # elements of the previous render)
+        differing = {i: r for i, r in results.items() if r != reference_scores}
+        assert not differing, f"single tab {reference_scores}; differing tabs {differing}"
 
         # the run finishes
         train.get_by_text("In the zoo as").first.wait_for(timeout=600_000)
