@@ -1,6 +1,7 @@
 """Every shipped checkpoint still computes the logits stored when it was trained (attnviz/golden.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from attnviz.golden import GOLDEN_DIR, TOLERANCE, golden_logits
 
 # a run still in progress (its card says so) is not a shipped result yet
 SHIPPED = [r for r in list_checkpoints([SHIPPED_DIR])
-           if json.loads(open(r["path"]).read()).get("status", "complete") == "complete"]
+           if json.loads(Path(r["path"]).read_text()).get("status", "complete") == "complete"]
 
 
 def test_every_shipped_checkpoint_has_golden_logits():
