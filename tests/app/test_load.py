@@ -1,7 +1,7 @@
 """Load: 10 browser tabs doing Inspect on the same models while a training run goes.
 
-Checks: no tab shows an error; every tab's heat maps equal the single-tab result (same image bytes, so
-the same media URLs, which Streamlit derives from the content); the run finishes; the server's
+Checks: no tab shows an error; every tab shows the single-tab numbers (class, probability, deletion and
+insertion AUC under each heat map); the run finishes; the server's
 memory after the tabs close returns near where it was after the single-tab warm-up.
 """
 
@@ -24,24 +24,24 @@ def _rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def _grid(page) -> list[str]:
-    return sorted(page.locator("[data-testid='stImage'] img").evaluate_all("els => els.map(e => e.src.split('/').pop())"))
-
-
 def _scores(page) -> list[str]:
     """The caption under every heat map: predicted class, its probability, deletion and insertion AUC."""
     texts = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
     return sorted(t for t in texts if "deletion" in t and "p=" in t)
 
 
-def _settled_grid(page, expected: int, timeout_s: float = 300.0) -> list[str]:
-    """The grid once it shows ``expected`` images (a cached rerun can finish before the page paints)."""
+def _stable_scores(page, timeout_s: float = 300.0) -> list[str]:
+    """The heat-map captions once they are there and unchanged for 3 s (the page paints after the run)."""
     deadline = time.monotonic() + timeout_s
-    grid = _grid(page)
-    while len(grid) < expected and time.monotonic() < deadline:
-        time.sleep(0.5)
-        grid = _grid(page)
-    return grid
+    previous, same_for = None, 0
+    while time.monotonic() < deadline:
+        current = _scores(page)
+        same_for = same_for + 1 if (current and current == previous) else 0
+        if same_for >= 3:
+            return current
+        previous = current
+        time.sleep(1.0)
+    return _scores(page)
 
 
 def test_ten_tabs_inspect_while_training(tmp_path):
@@ -55,10 +55,8 @@ def test_ten_tabs_inspect_while_training(tmp_path):
         page = context.new_page()
         page.goto(base + "/inspect_image")
         wait_idle(page, 300)
-        reference = _settled_grid(page, 9)  # 3 gallery pictures: thumbnail, grid picture, heat map each
-        reference_scores = _scores(page)
-        assert len(reference_scores) == 3
-        assert reference
+        reference_scores = _stable_scores(page)
+        assert reference_scores and len(reference_scores) % 3 == 0  # 3 gallery pictures x chosen models
         context.close()
         rss_start = _rss_mb(server.pid)
 
