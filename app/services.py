@@ -486,3 +486,12 @@ def dead_units(model_id: str, sha256: str | None, n_images: int = 250) -> dict:
     x, _, _ = _sample_batch(card, limit=n_images)
     result = _dead_units(probe(model, x))
     return {"per_site": result.per_site, "fraction": result.fraction, "n_images": int(x.shape[0])}
+
+
+def usable_pictures(sources: list[tuple[str, bytes]], limit: int) -> list[dict]:
+    """Decode the chosen pictures; each bad one gets one sentence in its place, the good ones come back."""
+    items = [decode(name, data) for name, data in sources]
+    for item in items:
+        if item["error"]:
+            st.warning(f"{item['name']} could not be used: {item['error']}.", icon=":material/broken_image:")
+    return [item for item in items if item["error"] is None][:limit]

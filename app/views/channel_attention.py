@@ -31,11 +31,7 @@ if any(m["source"] == "untrained" for m in se_models):
                "meaning beyond showing the mechanics.", icon=":material/warning:")
 
 sources = ui.image_inputs(services.gallery(), key="se", default_gallery=2, max_images=2)
-items = [services.decode(name, data) for name, data in sources]
-for item in items:
-    if item["error"]:
-        st.warning(f"{item['name']} could not be used: {item['error']}.", icon=":material/broken_image:")
-good = [item for item in items if item["error"] is None][:2]
+good = services.usable_pictures(sources, limit=2)
 if not good:
     st.info("Pick one picture (or two, to compare them).")
     st.stop()

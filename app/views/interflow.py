@@ -21,11 +21,7 @@ if not models:
 ui.untrained_warning(models)
 
 sources = ui.image_inputs(services.gallery(), key="interflow", default_gallery=1, max_images=1, multiple=False)
-items = [services.decode(name, data) for name, data in sources]
-for item in items:
-    if item["error"]:
-        st.warning(f"{item['name']} could not be used: {item['error']}.", icon=":material/broken_image:")
-good = [item for item in items if item["error"] is None][:1]
+good = services.usable_pictures(sources, limit=1)
 if not good:
     st.info("Pick a picture.")
     st.stop()

@@ -11,11 +11,12 @@ stdout instead (the app reads those). Under ``torchrun`` only rank 0 prints.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
 import threading
+
+from attnviz.jsonutil import finite
 
 
 def register(sub) -> None:
@@ -58,21 +59,10 @@ def recipe_from_args(args):
     return recipe
 
 
-def _finite(value):
-    """JSON has no NaN: non-finite floats become null, everywhere in the event."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 class _JsonPrinter:
     def __call__(self, event: dict) -> None:
         try:
-            sys.stdout.write(json.dumps(_finite(event), allow_nan=False, default=str) + "\n")
+            sys.stdout.write(json.dumps(finite(event), allow_nan=False, default=str) + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
             pass  # the reader went away; training goes on and still writes its checkpoint

@@ -19,7 +19,6 @@ invocation), and library versions.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from attnviz.errors import AttnvizError
+from attnviz.jsonutil import finite
 
 BUDGETS = ("tiny", "small", "full")
 REPORT_FORMAT = 1
@@ -66,21 +66,10 @@ def _json_default(value: Any):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: map them to None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write (temporary file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(json.loads(json.dumps(data, default=_json_default))), indent=1, allow_nan=False)
+    text = json.dumps(finite(json.loads(json.dumps(data, default=_json_default))), indent=1, allow_nan=False)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)
