@@ -112,6 +112,11 @@ class Recipe:
     seed: int = 0
     augment: bool = True
     interflow_aux_weight: float | None = None  # None: the spec's aux_weight (default 0)
+    # Interflow's learned aggregation weights multiply every branch's logits, so one step on them
+    # rescales the whole output; at the backbone's peak lr (0.4 in the zoo) they collapsed to ~0 in
+    # the first epoch and took every gradient with them (resnet20-interflow-soft: 18.5% after 3
+    # epochs). They train at this fraction of the lr (1.0 restores one lr for all parameters).
+    interflow_weight_lr_scale: float = 0.1
     compile: bool = False
     deterministic: bool = False  # CUDA only: deterministic kernels
     probe_size: int = 256
@@ -143,6 +148,8 @@ class Recipe:
             problems.append("label_smoothing must be in [0, 1)")
         if self.interflow_aux_weight is not None and not self.interflow_aux_weight >= 0:
             problems.append("interflow_aux_weight must be >= 0")
+        if not (math.isfinite(self.interflow_weight_lr_scale) and 0 < self.interflow_weight_lr_scale <= 10):
+            problems.append("interflow_weight_lr_scale must be in (0, 10]")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
             problems.append("seed must be a non-negative integer")
         if problems:
@@ -543,17 +550,23 @@ class _Run:
             self.probe_batch = self.probe_batch.contiguous(memory_format=torch.channels_last)
 
     def _build_optimizer(self):
-        decay, no_decay = [], []
+        decay, no_decay, aggregation = [], [], []
         for param_name, param in self.net.named_parameters():
             if not param.requires_grad:
                 continue
-            if param.ndim <= 1 or param_name.endswith("branch_weights"):
+            if param_name.endswith("branch_weights"):
+                aggregation.append(param)
+            elif param.ndim <= 1:
                 no_decay.append(param)
             else:
                 decay.append(param)
-        groups = [{"params": decay, "weight_decay": self.recipe.weight_decay}]
+        # lr_scale: the schedule's lr is multiplied by it for that group (see the training loop).
+        groups = [{"params": decay, "weight_decay": self.recipe.weight_decay, "lr_scale": 1.0}]
         if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
+            groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0})
+        if aggregation:
+            groups.append({"params": aggregation, "weight_decay": 0.0,
+                           "lr_scale": self.recipe.interflow_weight_lr_scale})
         return torch.optim.SGD(groups, lr=self.recipe.resolved_lr, momentum=self.recipe.momentum,
                                nesterov=self.recipe.optimizer == "nesterov" and self.recipe.momentum > 0)
 
@@ -745,7 +758,7 @@ class _Run:
                     global_step = epoch * steps_per_epoch + step
                     lr = lr_at(recipe, global_step, total_steps)
                     for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
                     index = shard[step * local_batch : (step + 1) * local_batch]
                     images = self.train_x[index]
                     targets = self.train_y[index]

@@ -260,6 +260,21 @@ def test_augment_batch_is_a_padded_crop_and_flip_of_each_image():
     assert flips < 16  # not everything flipped
 
 
+def test_interflow_weight_lr_scale_slows_only_the_aggregation_weights(tiny, tmp_path):
+    """The learned branch weights train at lr x interflow_weight_lr_scale; everything else at the lr."""
+    moved = {}
+    for scale in (1e-6, 1.0):
+        recipe = Recipe(**{**TINY, "epochs": 1}, interflow_weight_lr_scale=scale)
+        result = train("resnet20-interflow-soft", tiny, recipe, tmp_path, name=f"scale{scale}", device="cpu")
+        model, _ = load_checkpoint(result.checkpoint)
+        moved[scale] = (model.head.branch_weights - 1 / 3).abs().max().item()
+        assert result.card["recipe"]["interflow_weight_lr_scale"] == scale
+    # Same seed and data: the only difference is the aggregation weights' lr (3 steps of SGD).
+    assert moved[1e-6] < 1e-5 < moved[1.0]
+    with pytest.raises(AttnvizError, match="interflow_weight_lr_scale"):
+        Recipe(interflow_weight_lr_scale=0.0).validate()
+
+
 def test_schedules_and_recipe_validation():
     onecycle = Recipe(lr=0.4, schedule="onecycle", warmup_fraction=0.25)
     assert lr_at(onecycle, 0, 100) == pytest.approx(0.016)

@@ -36,6 +36,8 @@ def register(sub) -> None:
     parser.add_argument("--weight-decay", type=float, default=None)
     parser.add_argument("--label-smoothing", type=float, default=None)
     parser.add_argument("--aux-weight", type=float, default=None, help="Interflow auxiliary branch-loss weight")
+    parser.add_argument("--interflow-weight-lr-scale", type=float, default=0.1,
+                        help="Interflow's learned aggregation weights train at this fraction of the lr (default 0.1)")
     parser.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--data-root", default=None, help="where named datasets are (default $ATTNVIZ_DATA)")
@@ -51,6 +53,7 @@ def recipe_from_args(args):
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "schedule": args.schedule, "optimizer": args.optimizer, "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing, "interflow_aux_weight": args.aux_weight,
+        "interflow_weight_lr_scale": args.interflow_weight_lr_scale,
     }
     recipe = Recipe(**{k: v for k, v in values.items() if v is not None})
     recipe.augment = not args.no_augment

@@ -8,7 +8,9 @@ width multiplier 0.25 at the small budget, the paper's full width at the full bu
 
 - ``hard`` with equal weights (1/n each), and ``hard`` with a hand-set weighting that favours deep
   branches (ResNet-20: 0.1/0.3/0.6; VGG-16: 0.1/0.2/0.3/0.4 — our choice, the paper gives none);
-- ``soft`` and ``per_class`` (weights initialised to 1/n; the trainer applies no weight decay to them).
+- ``soft`` and ``per_class`` (weights initialised to 1/n; the trainer applies no weight decay to them
+  and trains them at 0.1 x the lr, ``Recipe.interflow_weight_lr_scale``: at the full lr they can
+  collapse towards 0 early and stall the whole network).
 
 Loss: cross-entropy of the aggregated output only (the zoo's default, ``aux_weight`` 0), so a branch
 learns only through its weight in the sum. We measure the test accuracy, each branch's own accuracy
