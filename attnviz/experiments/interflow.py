@@ -87,7 +87,7 @@ class InterflowBudget:
 
 BUDGETS = {
     "tiny": InterflowBudget(("resnet20",), (0,), epochs=2, batch_size=64, per_class=(8, 4), vgg_width=0.25),
-    "small": InterflowBudget(("resnet20", "vgg16"), (0,), epochs=10, batch_size=128, per_class=(200, 50),
+    "small": InterflowBudget(("resnet20", "vgg16"), (0, 1, 2), epochs=10, batch_size=128, per_class=(200, 50),
                              vgg_width=0.25),
     "full": InterflowBudget(("resnet20", "vgg16"), (0, 1, 2), epochs=30, batch_size=256, per_class=None,
                             vgg_width=1.0),
