@@ -173,6 +173,16 @@ def write_readme(out_dir: str | Path, data: str = DEFAULT_DATA) -> Path:
         "Shared recipe (from the cards): `" + json.dumps(recipe, sort_keys=True) + "`",
         "",
     ]
+    # A field added to Recipe later (e.g. interflow_weight_lr_scale) shows up here for the cards that
+    # have it, so the table never claims more sameness than the cards do.
+    differences = []
+    for card in cards[1:]:
+        other = card.get("recipe") or {}
+        changed = {k: other.get(k) for k in sorted(set(other) | set(recipe or {})) if other.get(k) != (recipe or {}).get(k)}
+        if changed:
+            differences.append(f"`{card.get('name')}`: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in changed.items()))
+    if differences:
+        lines += ["Where a card's recipe differs from that: " + "; ".join(differences) + ".", ""]
     shipped_epochs = (recipe or {}).get("epochs")
     missing = [name for name, _ in ZOO if name not in {c.get("name") for c in cards}]
     if shipped_epochs is not None and shipped_epochs != ZOO_RECIPE.epochs:

@@ -329,3 +329,12 @@ def test_zoo_train_all_skips_finished_entries_and_writes_the_readme(tiny, tmp_pa
     train_all(tiny, tmp_path, only=["resnet20"], device="cpu", recipe=recipe, log=lines.append)
     assert (tmp_path / "resnet20.json").read_text() == before  # finished: skipped, not retrained
     assert not any("training" in line for line in lines)
+    # a card whose recipe differs from the first card's is named with the difference
+    from attnviz.zoo import write_readme
+
+    card_path = tmp_path / "vgg16-interflow-soft.json"
+    card = json.loads(card_path.read_text())
+    card["recipe"]["interflow_weight_lr_scale"] = 0.25
+    card_path.write_text(json.dumps(card))
+    readme = write_readme(tmp_path).read_text()
+    assert "`vgg16-interflow-soft`: interflow_weight_lr_scale=0.25" in readme

@@ -1,0 +1,164 @@
+"""The app under load: Inspect latency with 4 concurrent sessions vs 1, and memory over many cycles (issue 6).
+
+Targets: with 4 concurrent app sessions, Inspect's p95 latency is at most 2.5x the single-session
+figure; the server's memory grows by at most 50 MB over 100 upload-and-explain cycles.
+
+One *cycle* is what a user does: open Inspect in a new browser session (its own context), upload one
+picture nobody has uploaded before (a training image of the shipped sample set, never in the gallery,
+so no cached result can answer it), and wait until that picture's heat maps and deletion/insertion
+scores are on the page. The latency is the time from the upload to that moment; the page load before
+it is not counted. Both phases run in this one process against one real server (``streamlit run``,
+headless Chromium driven by Playwright), the single-session phase first:
+
+1. ``--cycles`` cycles one after another (the first ``--warmup`` not counted) -> single p95;
+2. ``--sessions`` sessions at once, each doing ``--cycles / sessions`` cycles (rounded up) -> concurrent p95;
+3. the memory check: the server's RSS after phases 1-2 (caches and models warm) and after
+   ``--memory-cycles`` more sequential cycles (default 100).
+
+    .venv/bin/python benchmarks/app_load.py [--sessions 4] [--cycles 20] [--memory-cycles 100]
+
+Needs Chromium at /usr/bin/chromium (``apt-get install -y chromium``) and the ``playwright`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "app"))  # the test harness's server starter
+
+from appserver import CHROMIUM, CHROMIUM_ARGS, app_server  # noqa: E402
+
+from attnviz.data import SAMPLE_DIR  # noqa: E402
+
+
+def fresh_pictures() -> list[Path]:
+    """Training images of the sample set: never in the gallery, each with its own digest."""
+    pictures = sorted((SAMPLE_DIR / "train").glob("*/*.jpg"))
+    # interleave classes so consecutive cycles see different kinds of picture
+    by_class: dict[str, list[Path]] = {}
+    for path in pictures:
+        by_class.setdefault(path.parent.name, []).append(path)
+    columns = list(by_class.values())
+    return [column[i] for i in range(max(map(len, columns))) for column in columns if i < len(column)]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
+
+
+async def wait_idle(page, timeout_s: float) -> None:
+    """Until Streamlit has finished its run (no running-status widget twice in a row)."""
+    await page.wait_for_selector("[data-testid='stApp']", timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    await asyncio.sleep(0.5)
+    while time.monotonic() < deadline:
+        if await page.locator("[data-testid='stStatusWidget']").count() == 0:
+            await asyncio.sleep(0.3)
+            if await page.locator("[data-testid='stStatusWidget']").count() == 0:
+                return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("the page was still running")
+
+
+async def score_captions(page) -> int:
+    texts = await page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
+    return sum(1 for t in texts if "deletion" in t and "p=" in t)
+
+
+async def cycle(browser, base: str, picture: Path, timeout_s: float = 600.0) -> float:
+    """One user: open Inspect, upload ``picture``, wait for its scored heat maps; returns seconds."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 2400})
+    try:
+        page = await context.new_page()
+        await page.goto(base + "/inspect_image")
+        await wait_idle(page, timeout_s)
+        before = await score_captions(page)
+        if before == 0:
+            raise RuntimeError("Inspect showed no scored heat maps for the gallery pictures")
+        models = before // 3  # three gallery pictures by default, one scored map per model each
+        started = time.perf_counter()
+        await page.locator("input[type='file']").first.set_input_files(str(picture))
+        deadline = time.monotonic() + timeout_s
+        while await score_captions(page) < before + models:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no heat maps for {picture.name} after {timeout_s:.0f} s")
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        if await page.locator("[data-testid='stException']").count():
+            raise RuntimeError("the page showed a traceback")
+        return elapsed
+    finally:
+        await context.close()
+
+
+async def run(args) -> None:
+    from playwright.async_api import async_playwright
+
+    pictures = iter(fresh_pictures())
+    with tempfile.TemporaryDirectory() as home, app_server(Path(home) / "home") as (base, server):
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            single = []
+            for i in range(args.warmup + args.cycles):
+                seconds = await cycle(browser, base, next(pictures))
+                if i >= args.warmup:
+                    single.append(seconds)
+            per_session = -(-args.cycles // args.sessions)
+
+            async def session() -> list[float]:
+                return [await cycle(browser, base, next(pictures)) for _ in range(per_session)]
+
+            concurrent = [s for result in await asyncio.gather(*(session() for _ in range(args.sessions)))
+                          for s in result]
+
+            await asyncio.sleep(3)
+            rss_start = rss_mb(server.pid)
+            for _ in range(args.memory_cycles):
+                await cycle(browser, base, next(pictures))
+            await asyncio.sleep(3)
+            rss_end = rss_mb(server.pid)
+            await browser.close()
+
+    single_p95, concurrent_p95 = p95(single), p95(concurrent)
+    print(f"Inspect latency, upload -> scored heat maps ({len(single)} single cycles, "
+          f"{len(concurrent)} cycles in {args.sessions} concurrent sessions)")
+    print(f"  single      median {statistics.median(single):6.2f} s   p95 {single_p95:6.2f} s")
+    print(f"  concurrent  median {statistics.median(concurrent):6.2f} s   p95 {concurrent_p95:6.2f} s")
+    print(f"  p95 ratio {concurrent_p95 / single_p95:.2f}x (target <= 2.5x)")
+    print(f"Server memory: {rss_start:.0f} MB after both phases, {rss_end:.0f} MB after {args.memory_cycles} more "
+          f"upload-and-explain cycles: {rss_end - rss_start:+.0f} MB (target <= +50 MB per 100 cycles)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--cycles", type=int, default=20, help="timed cycles per phase")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--memory-cycles", type=int, default=100)
+    args = parser.parse_args()
+    if min(args.sessions, args.cycles) < 1 or min(args.warmup, args.memory_cycles) < 0:
+        parser.error("--sessions and --cycles must be >= 1, --warmup and --memory-cycles >= 0")
+    if args.warmup + args.cycles * 2 + args.memory_cycles + args.sessions > len(fresh_pictures()):
+        parser.error(f"only {len(fresh_pictures())} fresh pictures: ask for fewer cycles")
+    if not Path(CHROMIUM).exists():
+        sys.exit(f"This benchmark drives Chromium at {CHROMIUM}; install it with apt-get install -y chromium.")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
