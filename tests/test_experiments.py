@@ -91,6 +91,21 @@ def test_activations_reading_does_not_overclaim():
     assert "relu below FeLU on digits/normalised" in text
 
 
+def test_modules_reading_names_runs_that_stalled_near_chance():
+    from attnviz.experiments.modules import summarise
+    from attnviz.experiments.readings import modules_reading
+
+    def runs(spec, accs):
+        return [{"spec": spec, "test_acc": a, "params": 1, "flops": 1, "train_s_per_epoch": 1.0,
+                 "inference_s_per_epoch": 0.1, "history": []} for a in accs]
+
+    healthy = summarise({"none": runs("resnet20", [0.45, 0.44, 0.46]), "lgam": runs("resnet20-lgam", [0.44, 0.45, 0.46])})
+    assert "did not train" not in modules_reading(healthy, data_label="x", epochs=10)
+    stalled = summarise({"none": runs("resnet20", [0.45, 0.44, 0.46]), "lgam": runs("resnet20-lgam", [0.126, 0.33, 0.156])})
+    text = modules_reading(stalled, data_label="x", epochs=10)
+    assert "did not train: lgam 2 of 3" in text  # 87.4% and 84.4% error are within 10 points of 90%
+
+
 def test_reading_for_regenerates_from_numbers_and_falls_back_to_the_stored_text():
     from attnviz.experiments.readings import reading_for
 

@@ -15,6 +15,9 @@ import numpy as np
 
 from attnviz.experiments.metrics import SPREAD_FACTOR, compare_to_reference
 
+NUM_CLASSES = 10  # CIFAR-10, the data of the modules and interflow studies
+CHANCE_MARGIN = 10.0  # points of test error: a run this close to chance did not train
+
 
 def _pct(value: float) -> str:
     return f"{value:.2f}%"
@@ -115,6 +118,17 @@ def modules_reading(summary: dict, *, data_label: str, epochs: int) -> str:
         f"{best_name}'s ({best['error_mean']:.2f} ± {best['error_std']:.2f}%) and the highest {worst_name}'s "
         f"({worst['error_mean']:.2f} ± {worst['error_std']:.2f}%)."
     ]
+    # A run that ends near chance did not train; its module's mean then says more about
+    # optimisation at this recipe than about what the module adds, so name such runs.
+    chance_error = 100.0 * (1.0 - 1.0 / NUM_CLASSES)
+    stalled = {name: sum(1 for e in s["errors"] if e >= chance_error - CHANCE_MARGIN) for name, s in modules.items()}
+    stalled = {name: count for name, count in stalled.items() if count}
+    if stalled:
+        sentences.append(
+            f"Runs that ended within {CHANCE_MARGIN:g} points of chance ({chance_error:.0f}% error), i.e. did not "
+            "train: " + _join([f"{name} {count} of {modules[name]['seeds']}" for name, count in stalled.items()])
+            + "; those means describe how the module trains with this recipe, not only how well it can do."
+        )
     versus_none = [c for c in summary["comparisons"] if c["reference"] == "none"]
     better = [c["group"] for c in versus_none if c["exceeds"] and c["delta"] < 0]
     worse = [c["group"] for c in versus_none if c["exceeds"] and c["delta"] > 0]
