@@ -45,6 +45,7 @@ from attnviz.experiments.base import (
     save_figure,
 )
 from attnviz.experiments.metrics import mean_std
+from attnviz.train import Recipe
 
 STUDY = "interflow"
 TITLE = "Interflow's aggregation: hard vs soft vs per-class"
@@ -82,7 +83,8 @@ class InterflowBudget:
                 "seeds": len(self.seeds), "epochs": self.epochs, "batch size": self.batch_size,
                 "hard-deep weights": "; ".join(f"{a}: {'/'.join(map(str, DEEP_WEIGHTS[ARCH_STAGES[a]]))}"
                                                for a in self.archs),
-                "loss": "cross-entropy of the aggregated output (aux_weight 0)"}
+                "loss": "cross-entropy of the aggregated output (aux_weight 0)",
+                "learned weights' lr": f"{Recipe().interflow_weight_lr_scale:g} x the lr, no weight decay"}
 
 
 BUDGETS = {
@@ -264,7 +266,8 @@ def _write_report(study: StudyRun, plan: InterflowBudget, data_label: str, resul
         series.append(Series(id=f"{arch}-weights", title=f"{arch}: learned branch weights over training "
                              "(per_class: mean over classes)", x_label="epoch", y_label="weight", lines=lines))
         plots.append(_plot(study, arch, variants))
-    reading = interflow_reading(summary, data_label=data_label, epochs=plan.epochs)
+    reading = interflow_reading(summary, data_label=data_label, epochs=plan.epochs,
+                                weight_lr=plan.describe(data_label)["learned weights' lr"])
     unit_times = [r["unit_time_s"] for runs in results.values() for r in runs if "unit_time_s" in r]
     return study.write(question=QUESTION, budget_detail=plan.describe(data_label), seeds=list(plan.seeds),
                        device=device_label(device), tables=tables, series=series, plots=plots,

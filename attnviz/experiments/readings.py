@@ -167,7 +167,7 @@ def modules_reading(summary: dict, *, data_label: str, epochs: int) -> str:
     return " ".join(sentences)
 
 
-def interflow_reading(summary: dict, *, data_label: str, epochs: int) -> str:
+def interflow_reading(summary: dict, *, data_label: str, epochs: int, weight_lr: str | None = None) -> str:
     """``summary[arch][variant]`` as built by ``attnviz.experiments.interflow.summarise``."""
     sentences = []
     for arch, variants in summary.items():
@@ -207,9 +207,10 @@ def interflow_reading(summary: dict, *, data_label: str, epochs: int) -> str:
                             if c["largest_weight_branch"] == c["best_branch"]
                             else f", while branch {c['best_branch'] + 1} was the most accurate on its own"))
             sentences.append(f"On {arch}, " + "; ".join(parts) + ".")
+    lr_text = f" and train at {weight_lr}" if weight_lr else ""
     sentences.append(
-        f"These runs ({data_label}, {epochs} epochs) are short; learned weights move slowly from their 1/n "
-        "start, so the weight patterns describe this budget, not converged full-scale training."
+        f"These runs ({data_label}, {epochs} epochs) are short; learned weights start at 1/n{lr_text}, so "
+        "they move slowly and the weight patterns describe this budget, not converged full-scale training."
     )
     return " ".join(sentences)
 
@@ -281,7 +282,8 @@ def reading_for(report: dict) -> str:
         if study == "modules":
             return modules_reading(results, data_label=str(detail.get("data", "")), epochs=int(detail["epochs"]))
         if study == "interflow":
-            return interflow_reading(results, data_label=str(detail.get("data", "")), epochs=int(detail["epochs"]))
+            return interflow_reading(results, data_label=str(detail.get("data", "")), epochs=int(detail["epochs"]),
+                                     weight_lr=detail.get("learned weights' lr"))
         if study == "faithfulness":
             return faithfulness_reading(results)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
