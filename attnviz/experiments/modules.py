@@ -8,7 +8,9 @@ budget, crop+flip augmentation) with several seeds, so each module gets a mean a
 deviation of its test error, and a difference is only called a difference when it exceeds the
 seed-to-seed spread: ``|mean_module - mean_reference| > 2 x pooled std`` (see
 :func:`attnviz.experiments.metrics.compare_to_reference`). References: the plain ResNet-20 for every
-module, and SE for SE-FeLU (the FeLU paper's claim).
+module, and SE for SE-FeLU (the FeLU paper's claim). The small and full budgets add two LGAM ablations
+(``ABLATIONS``: no ladder; channel mean instead of sum in the spatial gate) to show which of LGAM's
+amplifying choices makes it hard to train with this recipe.
 
 Costs: parameters (``count_params``), FLOPs per image (``count_flops``, multiply-add = 2), training
 seconds per epoch (the trainer's per-epoch ``time_s``, training steps only) and inference seconds
@@ -44,9 +46,15 @@ QUESTION = (
     "and time?"
 )
 MODULES = ("none", "se", "se-felu", "lgam", "cbam", "bam", "sge", "eca")
+# Ablations of LGAM's two amplifying choices (see attnviz/layers/lgam.py): without the ladder of eq. (4),
+# each group's output no longer feeds (and multiplies into) the next; with a channel mean instead of
+# eq. (5)'s sum, the spatial gate is not pushed into saturation by wide layers.
+ABLATIONS = {"lgam-noladder": "resnet20-lgam:ladder=false", "lgam-mean": "resnet20-lgam:spatial_reduce=mean"}
 
 
 def spec_of(module: str) -> str:
+    if module in ABLATIONS:
+        return ABLATIONS[module]
     return "resnet20" if module == "none" else f"resnet20-{module}"
 
 
@@ -66,8 +74,8 @@ class ModulesBudget:
 
 BUDGETS = {
     "tiny": ModulesBudget(("none", "se", "se-felu"), (0, 1, 2), epochs=1, batch_size=64, per_class=(8, 4)),
-    "small": ModulesBudget(MODULES, (0, 1, 2), epochs=10, batch_size=128, per_class=(200, 50)),
-    "full": ModulesBudget(MODULES, (0, 1, 2, 3, 4), epochs=30, batch_size=256, per_class=None),
+    "small": ModulesBudget(MODULES + tuple(ABLATIONS), (0, 1, 2), epochs=10, batch_size=128, per_class=(200, 50)),
+    "full": ModulesBudget(MODULES + tuple(ABLATIONS), (0, 1, 2, 3, 4), epochs=30, batch_size=256, per_class=None),
 }
 
 
