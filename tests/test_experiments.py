@@ -319,3 +319,25 @@ def test_experiments_page_renders_every_report(tmp_path, monkeypatch):
     assert "**Reading.**" in markdown and "**The paper** — FeLU paper table 1" in markdown
     assert len(at.dataframe) >= 8  # 4 tables of ours + 4 of the paper's
     assert sum(len(e.proto.imgs) for e in at.get("image")) >= 2  # the two PNG plots of the study
+
+
+def test_git_commit_dirty_ignores_the_reports_folder(tmp_path):
+    import subprocess
+
+    from attnviz.experiments.base import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "reports" / "report.md").write_text("old\n")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "reports" / "report.md").write_text("rewritten by the study\n")
+    assert git_commit(tmp_path)["dirty"] is False  # a report rewriting itself is not a code change
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_commit(tmp_path)["dirty"] is True

@@ -159,12 +159,17 @@ def paper_table(title: str, columns: list[str], rows: list[list[Any]], source: s
 
 
 def git_commit(start: Path | None = None) -> dict:
-    """{"commit": sha or None, "dirty": bool or None} of the checkout holding attnviz (if any)."""
+    """{"commit": sha or None, "dirty": bool or None} of the checkout holding attnviz (if any).
+
+    "dirty" means tracked files outside ``reports/`` differ from the commit: a report rewriting its
+    own earlier, committed files is not a change to the code that produced it.
+    """
     here = start or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                 ":(top,exclude)reports"], cwd=here,
                                 capture_output=True, text=True, timeout=20, check=True).stdout
         return {"commit": sha or None, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
