@@ -104,6 +104,11 @@ def test_modules_reading_names_runs_that_stalled_near_chance():
     stalled = summarise({"none": runs("resnet20", [0.45, 0.44, 0.46]), "lgam": runs("resnet20-lgam", [0.126, 0.33, 0.156])})
     text = modules_reading(stalled, data_label="x", epochs=10)
     assert "did not train: lgam 2 of 3" in text  # 87.4% and 84.4% error are within 10 points of 90%
+    ablated = summarise({"none": runs("resnet20", [0.45, 0.44, 0.46]), "lgam": runs("resnet20-lgam", [0.126, 0.33, 0.156]),
+                         "lgam-noladder": runs("resnet20-lgam:ladder=false", [0.41, 0.40, 0.42])})
+    text = modules_reading(ablated, data_label="x", epochs=10)
+    assert "LGAM as the paper defines it: 2 of 3 runs stalled" in text
+    assert "without the ladder of eq. (4): 0 of 3 runs stalled, error 59.00 ± 1.00%" in text
 
 
 def test_reading_for_regenerates_from_numbers_and_falls_back_to_the_stored_text():

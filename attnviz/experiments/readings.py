@@ -129,6 +129,15 @@ def modules_reading(summary: dict, *, data_label: str, epochs: int) -> str:
             "train: " + _join([f"{name} {count} of {modules[name]['seeds']}" for name, count in stalled.items()])
             + "; those means describe how the module trains with this recipe, not only how well it can do."
         )
+    ablations = {"lgam-noladder": "without the ladder of eq. (4)", "lgam-mean": "with a channel mean in eq. (5)"}
+    if "lgam" in modules and any(name in modules for name in ablations):
+        def stalls(name: str) -> str:
+            s = modules[name]
+            return (f"{stalled.get(name, 0)} of {s['seeds']} runs stalled, error "
+                    f"{s['error_mean']:.2f} ± {s['error_std']:.2f}%")
+
+        parts = [f"{text}: {stalls(name)}" for name, text in ablations.items() if name in modules]
+        sentences.append(f"LGAM as the paper defines it: {stalls('lgam')}; " + "; ".join(parts) + ".")
     versus_none = [c for c in summary["comparisons"] if c["reference"] == "none"]
     better = [c["group"] for c in versus_none if c["exceeds"] and c["delta"] < 0]
     worse = [c["group"] for c in versus_none if c["exceeds"] and c["delta"] > 0]
