@@ -36,7 +36,7 @@ lint: $(VENV)/.dev-installed
 params: $(VENV)/.app-installed
 	$(VENV)/bin/attnviz params
 
-bench: $(VENV)/.app-installed
+bench: $(VENV)/.dev-installed
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:

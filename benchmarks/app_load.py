@@ -80,6 +80,20 @@ async def score_captions(page) -> int:
     return sum(1 for t in texts if "deletion" in t and "p=" in t)
 
 
+async def stable_count(page, timeout_s: float) -> int:
+    """The number of scored heat maps once it is non-zero and unchanged for 1 s (painting follows the run)."""
+    deadline = time.monotonic() + timeout_s
+    previous, same_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        current = await score_captions(page)
+        if current != previous:
+            previous, same_since = current, time.monotonic()
+        elif current and time.monotonic() - same_since >= 1.0:
+            return current
+        await asyncio.sleep(0.1)
+    return previous
+
+
 async def cycle(browser, base: str, picture: Path, timeout_s: float = 600.0) -> float:
     """One user: open Inspect, upload ``picture``, wait for its scored heat maps; returns seconds."""
     context = await browser.new_context(viewport={"width": 1400, "height": 2400})
@@ -87,7 +101,7 @@ async def cycle(browser, base: str, picture: Path, timeout_s: float = 600.0) -> 
         page = await context.new_page()
         await page.goto(base + "/inspect_image")
         await wait_idle(page, timeout_s)
-        before = await score_captions(page)
+        before = await stable_count(page, timeout_s)
         if before == 0:
             raise RuntimeError("Inspect showed no scored heat maps for the gallery pictures")
         models = before // 3  # three gallery pictures by default, one scored map per model each
@@ -113,6 +127,7 @@ async def run(args) -> None:
     with tempfile.TemporaryDirectory() as home, app_server(Path(home) / "home") as (base, server):
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            print(f"server up; {args.warmup + args.cycles} single cycles...", file=sys.stderr, flush=True)
             single = []
             for i in range(args.warmup + args.cycles):
                 seconds = await cycle(browser, base, next(pictures))
@@ -123,11 +138,13 @@ async def run(args) -> None:
             async def session() -> list[float]:
                 return [await cycle(browser, base, next(pictures)) for _ in range(per_session)]
 
+            print(f"{args.sessions} concurrent sessions...", file=sys.stderr, flush=True)
             concurrent = [s for result in await asyncio.gather(*(session() for _ in range(args.sessions)))
                           for s in result]
 
             await asyncio.sleep(3)
             rss_start = rss_mb(server.pid)
+            print(f"{args.memory_cycles} memory cycles...", file=sys.stderr, flush=True)
             for _ in range(args.memory_cycles):
                 await cycle(browser, base, next(pictures))
             await asyncio.sleep(3)
