@@ -87,10 +87,10 @@ def test_json_document(workspace, capsys):
 
 
 def test_all_good_images_exit_zero_and_spec_models_are_flagged(workspace, capsys):
-    code = main(["inspect", str(workspace["second"]), "--model", "resnet20-eca", "--target", "2"])
+    code = main(["inspect", str(workspace["second"]), "--model", "resnet32-eca", "--target", "2"])
     captured = capsys.readouterr()
     assert code == 0
-    assert "resnet20-eca (untrained)" in captured.out
+    assert "resnet32-eca (untrained)" in captured.out
     assert "untrained" in captured.err and "error" not in captured.err
 
 
