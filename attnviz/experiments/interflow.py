@@ -120,28 +120,19 @@ def branch_measurements(dataset, device):
 
 def run(budget: str = "small", out_dir="reports", progress: Progress | None = None):
     from attnviz.device import pick_device
-    from attnviz.experiments.training import load_cifar, train_unit
-    from attnviz.train import Recipe
+    from attnviz.experiments.training import load_cifar, run_training_units
 
     plan = BUDGETS[check_budget(budget)]
-    progress = progress or _no_progress
-    study = StudyRun(STUDY, TITLE, budget, out_dir, progress)
+    study = StudyRun(STUDY, TITLE, budget, out_dir, progress or _no_progress)
     dataset, data_label = load_cifar(budget, plan.per_class)
     device = pick_device(None)
-    units = [(a, v, s) for a in plan.archs for v in VARIANTS for s in plan.seeds]
+    triples = [(a, v, s) for a in plan.archs for v in VARIANTS for s in plan.seeds]
+    units = [(f"{a}-{v}-seed{s}", spec_for(a, v, plan.vgg_width), s) for a, v, s in triples]
+    outcomes = run_training_units(study, units, dataset, data_label, device, epochs=plan.epochs,
+                                  batch_size=plan.batch_size, measure=branch_measurements(dataset, device))
     results: dict[tuple[str, str], list[dict]] = {}
-    measure = branch_measurements(dataset, device)
-    for done, (arch, variant, seed) in enumerate(units):
-        spec = spec_for(arch, variant, plan.vgg_width)
-        key = f"{arch}-{variant}-seed{seed}"
-        progress(done, len(units), key)
-        recipe = Recipe(epochs=plan.epochs, batch_size=plan.batch_size, seed=seed,
-                        probe_size=min(256, dataset.n_test), step_event_every=1000)
-        config = {"spec": spec, "data": data_label, "recipe": recipe.to_dict(), "device": device.type}
-        result = study.units.run(key, config, lambda s=spec, r=recipe, k=key: train_unit(
-            s, dataset, r, study.units.work_dir, k, device, measure=measure))
+    for (arch, variant, _), result in zip(triples, outcomes, strict=True):
         results.setdefault((arch, variant), []).append(result)
-    progress(len(units), len(units), "writing the report")
     return _write_report(study, plan, data_label, results, device)
 
 

@@ -81,26 +81,18 @@ BUDGETS = {
 
 def run(budget: str = "small", out_dir="reports", progress: Progress | None = None):
     from attnviz.device import pick_device
-    from attnviz.experiments.training import load_cifar, train_unit
-    from attnviz.train import Recipe
+    from attnviz.experiments.training import load_cifar, run_training_units
 
     plan = BUDGETS[check_budget(budget)]
-    progress = progress or _no_progress
-    study = StudyRun(STUDY, TITLE, budget, out_dir, progress)
+    study = StudyRun(STUDY, TITLE, budget, out_dir, progress or _no_progress)
     dataset, data_label = load_cifar(budget, plan.per_class)
     device = pick_device(None)
-    units = [(m, s) for m in plan.modules for s in plan.seeds]
+    pairs = [(m, s) for m in plan.modules for s in plan.seeds]
+    outcomes = run_training_units(study, [(f"{spec_of(m)}-seed{s}", spec_of(m), s) for m, s in pairs], dataset,
+                                  data_label, device, epochs=plan.epochs, batch_size=plan.batch_size)
     results: dict[str, list[dict]] = {}
-    for done, (module, seed) in enumerate(units):
-        key = f"{spec_of(module)}-seed{seed}"
-        progress(done, len(units), key)
-        recipe = Recipe(epochs=plan.epochs, batch_size=plan.batch_size, seed=seed,
-                        probe_size=min(256, dataset.n_test), step_event_every=1000)
-        config = {"spec": spec_of(module), "data": data_label, "recipe": recipe.to_dict(), "device": device.type}
-        result = study.units.run(key, config, lambda m=module, r=recipe, k=key: train_unit(
-            spec_of(m), dataset, r, study.units.work_dir, k, device))
+    for (module, _), result in zip(pairs, outcomes, strict=True):
         results.setdefault(module, []).append(result)
-    progress(len(units), len(units), "writing the report")
     return _write_report(study, plan, data_label, results, device)
 
 

@@ -105,3 +105,24 @@ def train_unit(spec: str, dataset, recipe, work_dir: Path, key: str, device: tor
     for suffix in (".safetensors", ".json", ".trainstate"):
         (work_dir / f"{name}{suffix}").unlink(missing_ok=True)
     return out
+
+
+def run_training_units(study, units: list[tuple[str, str, int]], dataset, data_label: str, device: torch.device, *,
+                       epochs: int, batch_size: int, measure=None) -> list[dict]:
+    """Train every ``(key, spec, seed)`` unit with the studies' shared recipe; results in ``units`` order.
+
+    The recipe is ``attnviz.train.Recipe`` at its defaults with the budget's epochs and batch size; a
+    unit already saved for the same config (spec, data, recipe, device type) is reused.
+    """
+    from attnviz.train import Recipe
+
+    results = []
+    for done, (key, spec, seed) in enumerate(units):
+        study.progress(done, len(units), key)
+        recipe = Recipe(epochs=epochs, batch_size=batch_size, seed=seed, probe_size=min(256, dataset.n_test),
+                        step_event_every=1000)
+        config = {"spec": spec, "data": data_label, "recipe": recipe.to_dict(), "device": device.type}
+        results.append(study.units.run(key, config, lambda s=spec, r=recipe, k=key: train_unit(
+            s, dataset, r, study.units.work_dir, k, device, measure=measure)))
+    study.progress(len(units), len(units), "writing the report")
+    return results
