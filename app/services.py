@@ -260,37 +260,56 @@ def probe_images(model_id: str, digests: tuple[str, ...], _items: list[dict]) ->
     return {"probs": _np(result.probs), "sites": sites}
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def explain_images(model_id: str, digests: tuple[str, ...], _items: list[dict], method: str,
-                   target, layer: str | None, branches: bool = False) -> list[dict]:
-    """Heat maps of one model for a batch of pictures (`attnviz.explain`), as plain dicts."""
+# Heat maps and their scores are cached per picture (not per set of pictures): adding a picture to a
+# page then computes that picture alone, which matters most when several sessions share the cores.
+@st.cache_data(show_spinner=False, max_entries=2048)
+def _explain_one(model_id: str, digest: str, _item: dict, method: str, target, layer: str | None,
+                 branches: bool) -> list[dict]:
     from attnviz.explain import explain
 
     _count("explain")
     model, card = load_model(model_id)
-    results = explain({model_id: model}, _inputs(card, _items), target=target, method=method, layer=layer,
+    results = explain({model_id: model}, _inputs(card, [_item]), target=target, method=method, layer=layer,
                       branches=branches)
-    return [{"image_index": r.image_index, "rank": r.rank, "branch": r.branch, "target": r.target,
+    return [{"image_index": 0, "rank": r.rank, "branch": r.branch, "target": r.target,
              "target_prob": r.target_prob, "predicted": r.predicted, "layer": r.layer, "heatmap": r.heatmap,
              "raw": r.raw} for r in results]
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def faithfulness_scores(model_id: str, digests: tuple[str, ...], _items: list[dict], method: str,
-                        target, layer: str | None) -> list[dict]:
-    """Deletion / insertion AUC of each map of `explain_images` (same order; branch maps left out)."""
+def explain_images(model_id: str, digests: tuple[str, ...], _items: list[dict], method: str,
+                   target, layer: str | None, branches: bool = False) -> list[dict]:
+    """Heat maps of one model for pictures (`attnviz.explain`) as plain dicts, picture by picture;
+    ``image_index`` is the picture's position in ``_items``."""
+    maps = []
+    for index, (digest, item) in enumerate(zip(digests, _items, strict=True)):
+        maps += [{**e, "image_index": index}
+                 for e in _explain_one(model_id, digest, item, method, target, layer, branches)]
+    return maps
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def _faithfulness_one(model_id: str, digest: str, _item: dict, method: str, target, layer: str | None) -> list[dict]:
     import numpy as np
 
     from attnviz.explain import deletion_insertion
 
-    maps = [e for e in explain_images(model_id, digests, _items, method, target, layer) if e["branch"] is None]
+    maps = [e for e in _explain_one(model_id, digest, _item, method, target, layer, False) if e["branch"] is None]
     _count("faithfulness")
     model, card = load_model(model_id)
-    x = _inputs(card, _items)[[e["image_index"] for e in maps]]
+    x = _inputs(card, [_item]).repeat(len(maps), 1, 1, 1)
     scores = deletion_insertion(model, x, np.stack([e["heatmap"] for e in maps]), [e["target"] for e in maps])
     return [{"deletion": float(d), "insertion": float(i), "deletion_curve": dc, "insertion_curve": ic}
             for d, i, dc, ic in zip(scores.deletion_auc, scores.insertion_auc, scores.deletion_curve,
                                     scores.insertion_curve, strict=True)]
+
+
+def faithfulness_scores(model_id: str, digests: tuple[str, ...], _items: list[dict], method: str,
+                        target, layer: str | None) -> list[dict]:
+    """Deletion / insertion AUC of each map of `explain_images` (same order; branch maps left out)."""
+    scores = []
+    for digest, item in zip(digests, _items, strict=True):
+        scores += _faithfulness_one(model_id, digest, item, method, target, layer)
+    return scores
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

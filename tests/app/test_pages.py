@@ -97,6 +97,22 @@ def test_inspect_method_change_redraws_the_grid_and_recomputes(app):
 
 
 @pytest.mark.slow  # runs models (seconds each on 2 shared cores)
+def test_adding_a_picture_computes_that_picture_alone(app):
+    import services
+
+    at = _run_page(app, "views/inspect_image.py")
+    models = len(at.multiselect(key="models").value)
+    gallery = at.multiselect(key="inspect_gallery")
+    fresh = [label for label in gallery.options if label not in gallery.value][-1]  # not yet computed
+    counts = dict(services.COMPUTE_COUNTS)
+    gallery.set_value([*gallery.value, fresh]).run()
+    assert not at.exception
+    # one heat map and one faithfulness score per model for the new picture; the others come from the cache
+    assert services.COMPUTE_COUNTS["explain"] - counts.get("explain", 0) == models
+    assert services.COMPUTE_COUNTS["faithfulness"] - counts.get("faithfulness", 0) == models
+
+
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
 def test_display_only_settings_run_no_model(app):
     import services
 
