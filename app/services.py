@@ -101,19 +101,10 @@ def spec_params(specs: list[str], num_classes: int = 10) -> dict[str, int | None
 
 
 # ------------------------------------------------------------------------------------------ models
-@st.cache_resource(show_spinner=False)
-def torch_threads() -> int:
-    """Intra-op threads per model call in this server (`attnviz.device.configure_server_threads`), set once."""
-    from attnviz.device import configure_server_threads
-
-    return configure_server_threads()
-
-
 @st.cache_resource(show_spinner=False, max_entries=24)
 def _load_model(model_id: str, path: str | None, sha256: str | None):
     from attnviz.catalog import ZooRow, build_model
 
-    torch_threads()
     row = ZooRow(**zoo_by_id()[model_id])
     model, card = build_model(row)  # eval() and requires_grad_(False) inside: shared read-only
     with _COUNT_LOCK:
@@ -137,7 +128,6 @@ def device_report() -> dict:
     """The compute device and its measured speed (`attnviz.catalog.device_report`), once per process."""
     from attnviz.catalog import device_report as _device_report
 
-    torch_threads()
     return _device_report()
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from attnviz.errors import AttnvizError
@@ -48,25 +46,3 @@ def describe_device(device: torch.device) -> str:
         return "Apple MPS"
     return f"CPU ({torch.get_num_threads()} threads)"
 
-
-SERVER_THREADS_ENV = "ATTNVIZ_TORCH_THREADS"
-
-
-def configure_server_threads(default: int = 0) -> int:
-    """Set torch's intra-op threads for a server where several sessions run models at once; returns it.
-
-    ``$ATTNVIZ_TORCH_THREADS`` (else ``default``): N threads per model call, 0 keeps torch's own
-    default (one per core). The app keeps 0: on the 2-core machine, with 4 concurrent sessions
-    (``benchmarks/app_load.py --cycles 12 --memory-cycles 0``), 1 thread gave median/p95 latencies of
-    11.2/13.6 s against 8.5/16.4 s with 2, and a slower single session (2.11 vs 1.81 s): no clear win.
-    """
-    raw = os.environ.get(SERVER_THREADS_ENV, "").strip()
-    try:
-        wanted = int(raw) if raw else default
-    except ValueError:
-        raise AttnvizError(f"{SERVER_THREADS_ENV} must be a whole number of threads, not '{raw}'.") from None
-    if wanted < 0:
-        raise AttnvizError(f"{SERVER_THREADS_ENV} must be 0 (torch's default) or more, not {wanted}.")
-    if wanted > 0:
-        torch.set_num_threads(wanted)
-    return torch.get_num_threads()

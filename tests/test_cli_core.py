@@ -58,21 +58,3 @@ def test_device_choice():
     with pytest.raises(AttnvizError):
         pick_device("tpu")
 
-
-def test_server_threads_come_from_the_environment_and_bad_values_are_one_sentence(monkeypatch):
-    import torch
-
-    from attnviz.device import configure_server_threads
-
-    before = torch.get_num_threads()
-    try:
-        monkeypatch.setenv("ATTNVIZ_TORCH_THREADS", "1")
-        assert configure_server_threads() == 1 == torch.get_num_threads()
-        monkeypatch.setenv("ATTNVIZ_TORCH_THREADS", "0")  # keep whatever torch has
-        assert configure_server_threads() == 1
-        for bad in ("two", "-1"):
-            monkeypatch.setenv("ATTNVIZ_TORCH_THREADS", bad)
-            with pytest.raises(AttnvizError, match="ATTNVIZ_TORCH_THREADS must be"):
-                configure_server_threads()
-    finally:
-        torch.set_num_threads(before)

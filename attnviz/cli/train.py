@@ -36,8 +36,9 @@ def register(sub) -> None:
     parser.add_argument("--weight-decay", type=float, default=None)
     parser.add_argument("--label-smoothing", type=float, default=None)
     parser.add_argument("--aux-weight", type=float, default=None, help="Interflow auxiliary branch-loss weight")
-    parser.add_argument("--interflow-weight-lr-scale", type=float, default=0.1,
-                        help="Interflow's learned aggregation weights train at this fraction of the lr (default 0.1)")
+    parser.add_argument("--interflow-weight-lr-scale", type=float, default=None,
+                        help="Interflow's learned aggregation weights train at this fraction of the lr "
+                             "(default: the recipe's, 0.1)")
     parser.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--data-root", default=None, help="where named datasets are (default $ATTNVIZ_DATA)")
