@@ -266,7 +266,9 @@ def load_dataset(
         path = Path(raw_path).expanduser()
         if not path.exists():
             raise DatasetError(f"{path} does not exist.")
-        canonical = f"imagefolder:{path.resolve()}"
+        # the folder's own name, not its absolute path: cards are shipped and must not carry the path
+        # of the machine that trained them (the cache key below still uses the resolved path)
+        canonical = f"imagefolder:{path.resolve().name}"
         return _load_folder_cached(path.resolve(), canonical, cache, image_size, test_fraction, use_cache)
     raise DatasetError(
         f"Unknown dataset '{name}' (use sample, cifar10, cifar100, mnist, fashionmnist or imagefolder:PATH)."

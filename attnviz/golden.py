@@ -33,3 +33,20 @@ def golden_batch(card: dict) -> torch.Tensor:
 def golden_logits(model: torch.nn.Module, card: dict) -> torch.Tensor:
     model.eval()
     return model.float().cpu()(golden_batch(card))
+
+
+def write_golden(card_path: str | Path, golden_dir: str | Path = GOLDEN_DIR) -> Path | None:
+    """Store ``golden_dir/NAME.json`` for the checkpoint at ``card_path``; ``None`` if it is unfinished."""
+    import json
+
+    from attnviz.checkpoints import load_checkpoint
+
+    model, card = load_checkpoint(card_path)
+    if card.get("status", "complete") != "complete":
+        return None
+    logits = golden_logits(model, card)
+    out = {"name": card["name"], "weights_sha256": card["weights_sha256"], "logits": logits.tolist()}
+    path = Path(golden_dir) / f"{card['name']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out) + "\n")
+    return path

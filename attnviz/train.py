@@ -18,8 +18,12 @@ Speed
   augments it with batched tensor ops (random crop from a 4-pixel zero padding + horizontal flip, per
   image; as torchvision's ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``), normalises it and
   runs the model. No DataLoader, no worker processes.
-- CPU: float32, ``torch.set_num_threads`` = the cores this process may use (divided among DDP ranks).
-- CUDA: channels_last, bf16 autocast, ``cudnn.benchmark``, optional ``torch.compile``; the non-finite
+- Precision (``Recipe.precision``/``memory_format``, resolved by :func:`resolve_precision`): ``auto`` =
+  bf16 autocast on CUDA and on a CPU with native bf16 kernels (AVX512-BF16/AMX), else float32;
+  channels_last on CUDA and on the CPU except for the kinds in ``CONTIGUOUS_ON_CPU`` (measured slower).
+  The card records it as ``training_precision``; its final ``metrics`` are always float32.
+- CPU: ``torch.set_num_threads`` = the cores this process may use (divided among DDP ranks).
+- CUDA: ``cudnn.benchmark``, optional ``torch.compile``; the non-finite
   check reads the previous step's loss, so the GPU queue never drains (still within one step).
 
 Determinism: the shuffle of epoch ``e`` comes from a generator seeded by ``(seed, e)`` and the
@@ -92,6 +96,13 @@ STATE_FORMAT = 1
 CANCEL_FILE = "CANCEL"
 OPTIMIZERS = ("sgd", "nesterov")
 SCHEDULES = ("onecycle", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+# Attention kinds whose training step is slower in channels_last on a CPU: measured with
+# benchmarks/trainer_throughput.py (resnet20-lgam, bf16: 722 img/s contiguous vs 539 channels_last;
+# its per-group slicing and channel reductions force layout copies). ``memory_format="auto"`` keeps
+# these contiguous on a CPU and uses channels_last for everything else.
+CONTIGUOUS_ON_CPU = ("lgam",)
 
 Callback = Callable[[dict], None]
 
@@ -117,6 +128,10 @@ class Recipe:
     # the first epoch and took every gradient with them (resnet20-interflow-soft: 18.5% after 3
     # epochs). They train at this fraction of the lr (1.0 restores one lr for all parameters).
     interflow_weight_lr_scale: float = 0.1
+    # auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), float32 otherwise.
+    # BatchNorm, the loss and the optimizer stay float32 (autocast's own op lists decide per op).
+    precision: str = "auto"  # auto | fp32 | bf16
+    memory_format: str = "auto"  # auto | contiguous | channels_last (auto: see CONTIGUOUS_ON_CPU)
     compile: bool = False
     deterministic: bool = False  # CUDA only: deterministic kernels
     probe_size: int = 256
@@ -150,6 +165,10 @@ class Recipe:
             problems.append("interflow_aux_weight must be >= 0")
         if not (math.isfinite(self.interflow_weight_lr_scale) and 0 < self.interflow_weight_lr_scale <= 10):
             problems.append("interflow_weight_lr_scale must be in (0, 10]")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.memory_format not in MEMORY_FORMATS:
+            problems.append(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
             problems.append("seed must be a non-negative integer")
         if problems:
@@ -191,6 +210,35 @@ def lr_at(recipe: Recipe, step: int, total_steps: int) -> float:
     if warm > 0 and progress < warm:
         return peak * (0.04 + 0.96 * progress / warm)
     return peak * (1.0 - progress) / (1.0 - warm) if warm < 1 else peak
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU runs bf16 matrix and convolution kernels natively (oneDNN: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(recipe: Recipe, device: torch.device, model: nn.Module) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None for float32, channels_last)`` for training ``model`` on ``device``."""
+    if recipe.precision == "bf16":
+        dtype = torch.bfloat16
+    elif recipe.precision == "fp32":
+        dtype = None
+    else:
+        fast = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
+        dtype = torch.bfloat16 if fast else None
+    if recipe.memory_format == "auto":
+        kinds = {getattr(module, "attn_kind", None) for module in model.modules()}
+        channels_last = device.type == "cuda" or (device.type == "cpu" and not kinds & set(CONTIGUOUS_ON_CPU))
+    else:
+        channels_last = recipe.memory_format == "channels_last"
+    return dtype, channels_last
+
+
+def precision_label(dtype: torch.dtype | None, channels_last: bool) -> str:
+    return f"{'bf16 autocast' if dtype == torch.bfloat16 else 'float32'}, {'channels_last' if channels_last else 'contiguous'}"
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -463,6 +511,9 @@ def train(
     recipe.validate()
 
     device = pick_device(device)
+    if recipe.precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        raise AttnvizError("precision 'bf16' was asked for, but this CPU has no native bf16 kernels "
+                           "(emulated bf16 is about 10x slower); use 'auto' or 'fp32'.")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     owns_group = False
     if world > 1 and not dist.is_initialized():
@@ -591,6 +642,7 @@ class _Run:
             "flops": self._flops,
             "train_time_s": round(self.train_time, 2),
             "device": self.device_label + (f" x{self.world} (DDP)" if self.world > 1 else ""),
+            "training_precision": precision_label(self.autocast_dtype, self.channels_last),
             "torch_version": torch.__version__,
             "status": status,
             "epochs_done": epochs_done,
@@ -655,7 +707,6 @@ class _Run:
 
         recipe = self.recipe
         cuda = self.device.type == "cuda"
-        self.channels_last = cuda
         start_epoch, start_step, self.train_time = 0, 0, 0.0
         state_tensors = None
         if self.resume:
@@ -679,6 +730,7 @@ class _Run:
                                "test_acc": card["metrics"]["test_acc"], "skipped": True})
                     return TrainResult(card_path, card, list(card.get("history") or []), "complete")
 
+        self.autocast_dtype, self.channels_last = resolve_precision(recipe, self.device, self.net)
         if cuda:
             torch.backends.cudnn.benchmark = not recipe.deterministic
             if recipe.deterministic:
@@ -710,7 +762,8 @@ class _Run:
         if recipe.compile:
             forward_module = torch.compile(forward_module)
         criterion = _criterion(recipe.label_smoothing)
-        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+        autocast = ((lambda: torch.autocast(self.device.type, dtype=self.autocast_dtype))
+                    if self.autocast_dtype is not None else contextlib.nullcontext)
 
         n_train = self.train_x.shape[0]
         if recipe.batch_size % self.world:
@@ -887,13 +940,12 @@ class _Run:
                    run_started, steps_done_here, dist) -> None:
         recipe = self.recipe
         if self.rank == 0:
-            cuda = self.device.type == "cuda"
             eval_started = time.perf_counter()
             metrics = evaluate(self.net, self.test_x, self.test_y, self.mean, self.std,
                                num_classes=self.data.num_classes, device=self.device,
-                               autocast_dtype=torch.bfloat16 if cuda else None, channels_last=self.channels_last)
+                               autocast_dtype=self.autocast_dtype, channels_last=self.channels_last)
             metrics["measured_by"] = (f"training monitor ({self.device.type}, "
-                                      f"{'bf16 autocast' if cuda else 'float32'}, batch {EVAL_BATCH})")
+                                      f"{precision_label(self.autocast_dtype, self.channels_last)}, batch {EVAL_BATCH})")
             eval_seconds = time.perf_counter() - eval_started
             stats_started = time.perf_counter()
             attention = attention_statistics(self.net, self.probe_batch)

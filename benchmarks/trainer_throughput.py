@@ -3,9 +3,13 @@
     python benchmarks/trainer_throughput.py [--spec resnet20] [--device cpu] [--batch-size 128]
                                             [--epochs 3] [--rounds 3] [--data sample] [--no-app-run]
 
-The bare loop uses the same in-memory uint8 tensors, model spec, batch size, dtype (bf16 autocast on
-CUDA, float32 on CPU), memory format (channels_last on CUDA), optimiser and augmentation call as the
-trainer, and nothing else: shuffle, gather, augment, normalise, forward, loss, backward, step.
+First every (precision, memory format) pair this machine allows (float32 always; bf16 autocast where
+the CPU has native bf16 kernels, or on CUDA) x (contiguous, channels_last) is timed for a few bare
+steps and printed; the bare loop then runs in the *fastest* of them, so the ratio compares the trainer
+(``precision="auto"``, ``memory_format="auto"``) with the best this machine can do, not with float32.
+The bare loop uses the same in-memory uint8 tensors, model spec, batch size, optimiser and
+augmentation call as the trainer, and nothing else: shuffle, gather, augment, normalise, forward,
+loss, backward, step.
 The trainer's time per epoch is its training phase (every step with its loss/accuracy bookkeeping,
 non-finite checks, cancel checks, learning-rate schedule and step events) plus the per-epoch attention
 probe batch; the per-epoch test-set evaluation is extra work a bare loop does not do, so it is
@@ -39,15 +43,60 @@ sys.path.insert(0, str(REPO))
 from attnviz.data import load_dataset  # noqa: E402
 from attnviz.device import describe_device, pick_device  # noqa: E402
 from attnviz.models.registry import create_model  # noqa: E402
-from attnviz.train import Recipe, augment_batch, lr_at, train  # noqa: E402
+from attnviz.train import (  # noqa: E402
+    Recipe,
+    augment_batch,
+    cpu_supports_bf16,
+    lr_at,
+    precision_label,
+    resolve_precision,
+    train,
+)
 
 
-def bare_loop(spec, data, recipe: Recipe, device: torch.device) -> list[float]:
-    """Seconds per epoch of the plainest loop that does the same training work."""
+def _autocast(device: torch.device, dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def fastest_format(spec, data, batch_size: int, device: torch.device, steps: int = 8):
+    """Time ``steps`` bare training steps per (dtype, channels_last); returns (best, {label: img/s})."""
+    dtypes = [None] + ([torch.bfloat16] if device.type == "cuda" or cpu_supports_bf16() else [])
+    speeds = {}
+    for dtype in dtypes:
+        for channels_last in (False, True):
+            torch.manual_seed(0)
+            model = create_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            model = model.to(memory_format=fmt)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            x = torch.randn(batch_size, data.in_chans, *data.input_size, device=device).contiguous(memory_format=fmt)
+            y = torch.randint(0, data.num_classes, (batch_size,), device=device)
+            times = []
+            for _ in range(steps):
+                started = time.perf_counter()
+                with _autocast(device, dtype):
+                    loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - started)
+            speeds[(dtype, channels_last)] = batch_size / statistics.median(times[2:])
+    best = max(speeds, key=speeds.get)
+    return best, speeds
+
+
+def _label(dtype, channels_last: bool) -> str:
+    return f"{'bf16' if dtype is not None else 'fp32'} {'channels_last' if channels_last else 'contiguous'}"
+
+
+def bare_loop(spec, data, recipe: Recipe, device: torch.device, dtype, channels_last: bool) -> list[float]:
+    """Seconds per epoch of the plainest loop that does the same training work, in the given format."""
     cuda = device.type == "cuda"
     torch.manual_seed(recipe.seed)
     model = create_model(spec, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
-    if cuda:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.resolved_lr, momentum=0.9, nesterov=True,
                                 weight_decay=recipe.weight_decay)
@@ -70,9 +119,9 @@ def bare_loop(spec, data, recipe: Recipe, device: torch.device) -> list[float]:
             index = order[step * batch : (step + 1) * batch]
             x = augment_batch(images[index], generator)
             x = (x.float() / 255 - mean) / std
-            if cuda:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False):
+            with _autocast(device, dtype):
                 loss = F.cross_entropy(model(x), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,13 +174,19 @@ def main() -> int:
     images_per_epoch = (data.n_train // args.batch_size) * args.batch_size
     print(f"{args.spec} on {data.name} ({data.n_train} images), batch {args.batch_size}, {describe_device(device)}, "
           f"torch {torch.__version__}")
+    (dtype, channels_last), speeds = fastest_format(args.spec, data, args.batch_size, device)
+    for (d, cl), speed in speeds.items():
+        print(f"  bare step, {_label(d, cl):<18}: {speed:8.1f} img/s")
+    print(f"fastest bare format: {_label(dtype, channels_last)} (the bare loop below uses it)")
+    probe_model = create_model(args.spec, num_classes=data.num_classes, in_chans=data.in_chans)
+    print(f"trainer (precision=auto, memory_format=auto): {precision_label(*resolve_precision(recipe, device, probe_model))}")
     bare, trainer, evals = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
             order = ("bare", "trainer") if round_index % 2 == 0 else ("trainer", "bare")
             for which in order:
                 if which == "bare":
-                    bare += bare_loop(args.spec, data, recipe, device)[1:]
+                    bare += bare_loop(args.spec, data, recipe, device, dtype, channels_last)[1:]
                 else:
                     phase, evaluation = trainer_run(args.spec, data, recipe, device, Path(tmp) / f"r{round_index}")
                     trainer += phase[1:]
@@ -139,7 +194,8 @@ def main() -> int:
             print(f"round {round_index + 1}: bare {statistics.median(bare):.2f} s/epoch, "
                   f"trainer {statistics.median(trainer):.2f} s/epoch")
     bare_s, trainer_s, eval_s = statistics.median(bare), statistics.median(trainer), statistics.median(evals)
-    print(f"bare loop : {images_per_epoch / bare_s:8.1f} img/s  ({bare_s:.2f} s/epoch, median of {len(bare)})")
+    print(f"bare loop : {images_per_epoch / bare_s:8.1f} img/s  ({bare_s:.2f} s/epoch, median of {len(bare)}, "
+          f"{_label(dtype, channels_last)})")
     print(f"trainer   : {images_per_epoch / trainer_s:8.1f} img/s  ({trainer_s:.2f} s/epoch incl. probe stats)")
     ratio = bare_s / trainer_s
     print(f"ratio trainer/bare = {ratio:.3f}  (target >= 0.95 -> {'OK' if ratio >= 0.95 else 'BELOW'})")

@@ -212,3 +212,11 @@ def test_lgam_ladder_amplifies_features_at_initialisation():
 
     plain, lgam, no_ladder = stage_std("resnet20"), stage_std("resnet20-lgam"), stage_std("resnet20-lgam:ladder=false")
     assert lgam > 3 * plain and no_ladder < lgam / 1.5
+
+
+def test_sge_min_group_channels_caps_the_group_count():
+    assert [SGE(c).groups for c in (16, 32, 64)] == [16, 32, 64]  # the paper's G = 64, capped by C
+    assert [SGE(c, min_group_channels=4).groups for c in (16, 32, 64)] == [4, 8, 16]
+    assert SGE(256, min_group_channels=4).groups == 64  # wide layers keep G = 64
+    with pytest.raises(SpecError, match="min_group_channels"):
+        SGE(16, min_group_channels=0)

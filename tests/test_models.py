@@ -133,3 +133,19 @@ def test_resnet20_counts():
 def test_shortcut_a_has_no_projection_parameters():
     assert count_params(create_model("resnet20:shortcut=A")) < count_params(create_model("resnet20"))
     assert 0.26e6 < count_params(create_model("resnet20:shortcut=A")) < 0.2705e6
+
+
+def test_zero_init_residual_makes_every_block_start_as_the_identity():
+    torch.manual_seed(0)
+    model = create_model("resnet20-lgam:zero_init_residual=true").eval()
+    assert model.spec == "resnet20-lgam:zero_init_residual=true"
+    block = model.get_submodule("layer1.1")  # stride 1, identity shortcut
+    x = torch.relu(torch.randn(2, 16, 8, 8))
+    with torch.no_grad():
+        assert torch.equal(block(x), torch.relu(x))
+    plain = create_model("resnet20-lgam")
+    assert all(float(m.weight.detach().abs().sum()) > 0 for m in plain.modules() if getattr(m, "residual_bn", False))
+    with pytest.raises(SpecError, match="BatchNorm"):
+        create_model("vgg16:zero_init_residual=true")
+    with pytest.raises(SpecError, match="true or false"):
+        create_model("resnet20:zero_init_residual=3")

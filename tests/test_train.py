@@ -338,3 +338,53 @@ def test_zoo_train_all_skips_finished_entries_and_writes_the_readme(tiny, tmp_pa
     card_path.write_text(json.dumps(card))
     readme = write_readme(tmp_path).read_text()
     assert "`vgg16-interflow-soft`: interflow_weight_lr_scale=0.25" in readme
+
+
+def test_precision_and_memory_format_fields_resolve_per_device_and_model():
+    from attnviz.train import cpu_supports_bf16, precision_label, resolve_precision
+
+    cpu = torch.device("cpu")
+    plain, lgam = create_model("resnet20"), create_model("resnet20-lgam")
+    native = cpu_supports_bf16()
+    assert resolve_precision(Recipe(), cpu, plain) == (torch.bfloat16 if native else None, True)
+    assert resolve_precision(Recipe(), cpu, lgam)[1] is False  # measured slower in channels_last on a CPU
+    assert resolve_precision(Recipe(precision="fp32", memory_format="contiguous"), cpu, plain) == (None, False)
+    assert resolve_precision(Recipe(precision="bf16", memory_format="channels_last"), cpu, lgam) == (torch.bfloat16, True)
+    assert precision_label(None, True) == "float32, channels_last"
+    with pytest.raises(AttnvizError, match="precision must be one of"):
+        Recipe(precision="fp16").validate()
+    with pytest.raises(AttnvizError, match="memory_format must be one of"):
+        Recipe(memory_format="nhwc").validate()
+
+
+def test_card_records_training_precision_and_final_metrics_stay_float32(tiny, tmp_path):
+    result = train("resnet20", tiny, Recipe(**{**TINY, "epochs": 1}, memory_format="channels_last"), tmp_path,
+                   device="cpu")
+    assert result.card["training_precision"].endswith("channels_last")
+    assert result.card["recipe"]["memory_format"] == "channels_last"
+    model, card = load_checkpoint(result.checkpoint)
+    measured = evaluate(model, tiny.test_images, tiny.test_labels, card["mean"], card["std"])
+    assert measured["test_acc"] == card["metrics"]["test_acc"]
+    assert card["metrics"]["measured_by"].startswith("attnviz eval (cpu, float32")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_a_clear_error(tiny, tmp_path):
+    from attnviz.train import cpu_supports_bf16
+
+    if cpu_supports_bf16():
+        pytest.skip("this CPU has native bf16 kernels")
+    with pytest.raises(AttnvizError, match="no native bf16"):
+        train("resnet20", tiny, Recipe(**TINY, precision="bf16"), tmp_path, device="cpu")
+    assert not list(tmp_path.glob("*"))  # refused before anything was written
+
+
+def test_zoo_ship_copies_a_finished_checkpoint_and_its_golden_logits(tiny, tmp_path):
+    from attnviz.zoo import ship
+
+    result = train("resnet20", tiny, Recipe(**{**TINY, "epochs": 1}), tmp_path / "stage", device="cpu")
+    shipped = ship(result.checkpoint, tmp_path / "shipped", golden_dir=tmp_path / "golden")
+    assert shipped.read_bytes() == result.checkpoint.read_bytes()
+    golden = json.loads((tmp_path / "golden" / "resnet20.json").read_text())
+    assert golden["weights_sha256"] == result.card["weights_sha256"] and len(golden["logits"]) == 10
+    model, _ = load_checkpoint(shipped)  # the shipped copy loads (weights match the card's hash)
+    assert model.spec == "resnet20"

@@ -40,6 +40,10 @@ def register(sub) -> None:
                         help="Interflow's learned aggregation weights train at this fraction of the lr "
                              "(default: the recipe's, 0.1)")
     parser.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="auto (default): bf16 autocast on CUDA or a CPU with native bf16, else float32")
+    parser.add_argument("--memory-format", choices=["auto", "contiguous", "channels_last"], default=None,
+                        help="auto (default): channels_last except where measured slower (LGAM on a CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--data-root", default=None, help="where named datasets are (default $ATTNVIZ_DATA)")
     parser.add_argument("--resume", action="store_true", help="continue the unfinished run OUT/NAME")
@@ -55,6 +59,7 @@ def recipe_from_args(args):
         "schedule": args.schedule, "optimizer": args.optimizer, "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing, "interflow_aux_weight": args.aux_weight,
         "interflow_weight_lr_scale": args.interflow_weight_lr_scale,
+        "precision": args.precision, "memory_format": args.memory_format,
     }
     recipe = Recipe(**{k: v for k, v in values.items() if v is not None})
     recipe.augment = not args.no_augment

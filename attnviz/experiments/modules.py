@@ -50,11 +50,27 @@ MODULES = ("none", "se", "se-felu", "lgam", "cbam", "bam", "sge", "eca")
 # each group's output no longer feeds (and multiplies into) the next; with a channel mean instead of
 # eq. (5)'s sum, the spatial gate is not pushed into saturation by wide layers.
 ABLATIONS = {"lgam-noladder": "resnet20-lgam:ladder=false", "lgam-mean": "resnet20-lgam:spatial_reduce=mean"}
+# Remedies for the two modules that lag (issue 11), each keeping the paper's module and changing one
+# thing: zero-initialised residual BN (Goyal et al. 2017: every block starts as the identity, so LGAM's
+# amplification cannot compound at initialisation), LGAM's channel mean in eq. (5) on top of that, and
+# SGE with at least 4 channels per group (its G = 64 leaves 1 channel per group on 16-64 channels).
+# ``none-zeroinit`` is the control: what zero-init does to the plain network.
+REMEDIES = {
+    "none-zeroinit": "resnet20:zero_init_residual=true",
+    "lgam-zeroinit": "resnet20-lgam:zero_init_residual=true",
+    "lgam-mean-zeroinit": "resnet20-lgam:spatial_reduce=mean,zero_init_residual=true",
+    "sge-4ch": "resnet20-sge:min_group_channels=4",
+    "sge-4ch-zeroinit": "resnet20-sge:min_group_channels=4,zero_init_residual=true",
+}
+# A spatial gate value this close to one of its bounds counts as saturated (sigmoid(relu(.)) lies in [0.5, 1]).
+SATURATION_TOLERANCE = 1e-3
 
 
 def spec_of(module: str) -> str:
     if module in ABLATIONS:
         return ABLATIONS[module]
+    if module in REMEDIES:
+        return REMEDIES[module]
     return "resnet20" if module == "none" else f"resnet20-{module}"
 
 
@@ -74,8 +90,10 @@ class ModulesBudget:
 
 BUDGETS = {
     "tiny": ModulesBudget(("none", "se", "se-felu"), (0, 1, 2), epochs=1, batch_size=64, per_class=(8, 4)),
-    "small": ModulesBudget(MODULES + tuple(ABLATIONS), (0, 1, 2), epochs=10, batch_size=128, per_class=(200, 50)),
-    "full": ModulesBudget(MODULES + tuple(ABLATIONS), (0, 1, 2, 3, 4), epochs=30, batch_size=256, per_class=None),
+    "small": ModulesBudget(MODULES + tuple(ABLATIONS) + tuple(REMEDIES), (0, 1, 2), epochs=10, batch_size=128,
+                           per_class=(200, 50)),
+    "full": ModulesBudget(MODULES + tuple(ABLATIONS) + tuple(REMEDIES), (0, 1, 2, 3, 4), epochs=30, batch_size=256,
+                          per_class=None),
 }
 
 
@@ -89,11 +107,32 @@ def run(budget: str = "small", out_dir="reports", progress: Progress | None = No
     device = pick_device(None)
     pairs = [(m, s) for m in plan.modules for s in plan.seeds]
     outcomes = run_training_units(study, [(f"{spec_of(m)}-seed{s}", spec_of(m), s) for m, s in pairs], dataset,
-                                  data_label, device, epochs=plan.epochs, batch_size=plan.batch_size)
+                                  data_label, device, epochs=plan.epochs, batch_size=plan.batch_size,
+                                  measure=lambda model: spatial_saturation(model, dataset))
     results: dict[str, list[dict]] = {}
     for (module, _), result in zip(pairs, outcomes, strict=True):
         results.setdefault(module, []).append(result)
     return _write_report(study, plan, data_label, results, device)
+
+
+def spatial_saturation(model, dataset, images: int = 200) -> dict:
+    """Fraction of LGAM spatial-gate values within ``SATURATION_TOLERANCE`` of 0.5 or 1 (first test images).
+
+    ``{}`` for models without LGAM. Units trained before this was measured have no such field.
+    """
+    import torch
+
+    from attnviz.data import preprocess
+    from attnviz.probes import probe
+
+    if not any(getattr(m, "attn_kind", None) == "lgam" for m in model.modules()):
+        return {}
+    batch = preprocess(dataset.test_images[:images], dataset.mean, dataset.std)
+    result = probe(model, batch.to(next(model.parameters()).device))
+    maps = [site.spatial.float() for site in result.sites.values() if getattr(site, "spatial", None) is not None]
+    values = torch.cat([m.flatten() for m in maps])
+    saturated = ((values - 0.5).abs() < SATURATION_TOLERANCE) | ((values - 1.0).abs() < SATURATION_TOLERANCE)
+    return {"spatial_saturated_fraction": float(saturated.float().mean())}
 
 
 def summarise(results: dict[str, list[dict]]) -> dict:
@@ -111,12 +150,18 @@ def summarise(results: dict[str, list[dict]]) -> dict:
             "train_s_per_epoch": float(np.mean(train_s)) if train_s else None,
             "inference_s_per_epoch": float(np.mean(infer_s)) if infer_s else None,
             "test_acc_curve": np.mean(np.array(curves), axis=0).round(6).tolist() if curves else [],
+            "spatial_saturated_fraction": _mean_of(runs, "spatial_saturated_fraction"),
         }
     errors = {m: s["errors"] for m, s in summary.items()}
     comparisons = compare_to_reference(errors, "none") if "none" in errors else []
     if "se" in errors and "se-felu" in errors:
         comparisons += [c for c in compare_to_reference({"se": errors["se"], "se-felu": errors["se-felu"]}, "se")]
     return {"modules": summary, "comparisons": comparisons}
+
+
+def _mean_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
 
 
 def _write_report(study: StudyRun, plan: ModulesBudget, data_label: str, results: dict, device):

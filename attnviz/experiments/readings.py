@@ -138,6 +138,23 @@ def modules_reading(summary: dict, *, data_label: str, epochs: int) -> str:
 
         parts = [f"{text}: {stalls(name)}" for name, text in ablations.items() if name in modules]
         sentences.append(f"LGAM as the paper defines it: {stalls('lgam')}; " + "; ".join(parts) + ".")
+    remedies = {"lgam-zeroinit": "LGAM with zero-initialised residual BN",
+                "lgam-mean-zeroinit": "LGAM with zero-init and a channel mean in eq. (5)",
+                "sge-4ch": "SGE with at least 4 channels per group",
+                "sge-4ch-zeroinit": "SGE with 4+ channels per group and zero-init",
+                "none-zeroinit": "the plain network with zero-init (control)"}
+    present = [name for name in remedies if name in modules]
+    if present:
+        def outcome(name: str) -> str:
+            s = modules[name]
+            text = (f"{remedies[name]}: {stalled.get(name, 0)} of {s['seeds']} stalled, error "
+                    f"{s['error_mean']:.2f} ± {s['error_std']:.2f}%")
+            saturated = s.get("spatial_saturated_fraction")
+            if saturated is not None:
+                text += f", {100 * saturated:.0f}% of its spatial-gate values saturated (at 0.5 or 1)"
+            return text
+
+        sentences.append("Remedies (issue 11): " + "; ".join(outcome(name) for name in present) + ".")
     versus_none = [c for c in summary["comparisons"] if c["reference"] == "none"]
     better = [c["group"] for c in versus_none if c["exceeds"] and c["delta"] < 0]
     worse = [c["group"] for c in versus_none if c["exceeds"] and c["delta"] > 0]

@@ -119,9 +119,14 @@ def run_training_units(study, units: list[tuple[str, str, int]], dataset, data_l
     results = []
     for done, (key, spec, seed) in enumerate(units):
         study.progress(done, len(units), key)
+        # The studies keep the trainer's formats from before Recipe.precision/memory_format existed (float32
+        # contiguous on a CPU; bf16 + channels_last on CUDA), so every committed unit stays valid and new
+        # units are trained exactly like the old ones; the config therefore leaves the two fields out.
+        formats = {"precision": "fp32", "memory_format": "contiguous"} if device.type == "cpu" else {}
         recipe = Recipe(epochs=epochs, batch_size=batch_size, seed=seed, probe_size=min(256, dataset.n_test),
-                        step_event_every=1000)
-        config = {"spec": spec, "data": data_label, "recipe": recipe.to_dict(), "device": device.type}
+                        step_event_every=1000, **formats)
+        recipe_fields = {k: v for k, v in recipe.to_dict().items() if k not in ("precision", "memory_format")}
+        config = {"spec": spec, "data": data_label, "recipe": recipe_fields, "device": device.type}
         results.append(study.units.run(key, config, lambda s=spec, r=recipe, k=key: train_unit(
             s, dataset, r, study.units.work_dir, k, device, measure=measure)))
     study.progress(len(units), len(units), "writing the report")

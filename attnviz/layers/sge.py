@@ -6,6 +6,13 @@ position i (eq. (2)); c is normalised over the spatial positions to zero mean an
 gamma and beta are per-group learned scalars, initialised to 0 and 1 as in the official code.
 G defaults to 64 (the paper's choice) and is capped by the channel count (and reduced to a divisor
 of C) so the module works on 16-channel CIFAR stages.
+
+``min_group_channels`` (default 1 = the paper's G as far as the channels allow): caps G at
+C / min_group_channels. The paper's G = 64 was chosen for ResNet-50's 256-2048 channels (4-32 channels
+per group); on a CIFAR ResNet-20's 16-64 channels it leaves one channel per group, where c_i = x_i * mean(x)
+is a single rescaled feature map whose spatial std is near zero for a mostly-silent channel, so eq. (3)
+divides by ~eps and the gate saturates. ``min_group_channels=4`` restores the paper's smallest group size
+(G = 4, 8, 16 on 16, 32, 64 channels); the zoo's measured choice is in ``attnviz/zoo.py`` and ``reports/modules``.
 """
 
 from __future__ import annotations
@@ -26,10 +33,15 @@ def _group_count(channels: int, groups: int) -> int:
 class SGE(AttentionModule):
     attn_kind = "sge"
 
-    def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5):
+    def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5, min_group_channels: int = 1):
         super().__init__()
+        if not (isinstance(min_group_channels, int) and 1 <= min_group_channels <= channels):
+            from attnviz.errors import SpecError
+
+            raise SpecError(f"SGE min_group_channels must be an integer from 1 to the channel count ({channels}).")
         self.channels = channels
-        self.groups = _group_count(channels, groups)
+        self.min_group_channels = min_group_channels
+        self.groups = _group_count(channels, min(groups, channels // min_group_channels))
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(1, self.groups, 1, 1))
         self.bias = nn.Parameter(torch.ones(1, self.groups, 1, 1))

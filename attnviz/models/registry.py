@@ -26,6 +26,11 @@ from attnviz.models.backbone import AttnNet, ClassifierHead, init_weights
 from attnviz.models.interflow import MODES, InterflowHead
 
 BACKBONE_OPTIONS = {"width", "shortcut"}
+# Initialisation options of the whole model (not builder arguments). ``zero_init_residual=true``: the
+# last BatchNorm of every residual branch starts with gamma = 0 (Goyal et al. 2017, "Accurate, Large
+# Minibatch SGD", sec. 5.1), so every block starts as the identity; applies to backbones with residual
+# blocks (their blocks mark that BN with ``residual_bn``).
+INIT_OPTIONS = {"zero_init_residual"}
 INTERFLOW_OPTIONS = {"aux_weight", "hard_weights"}
 PLACEMENTS = ("block", "stage")
 
@@ -205,6 +210,8 @@ def _split_options(parsed: ModelSpec) -> tuple[dict, dict, dict]:
     attn_params = set(inspect.signature(attn_cls.__init__).parameters) - {"self", "channels"} if attn_cls else set()
     arch_params = set(inspect.signature(_ARCHS[parsed.arch]).parameters) - {"in_chans", "block_attn"}
     for key, value in parsed.options.items():
+        if key in INIT_OPTIONS:
+            continue  # applied by create_model after the weights are initialised
         if key in BACKBONE_OPTIONS and key in arch_params:
             backbone[key] = value
         elif key in INTERFLOW_OPTIONS and parsed.interflow:
@@ -253,6 +260,15 @@ def create_model(spec: str, num_classes: int = 10, in_chans: int = 3) -> AttnNet
         head = ClassifierHead(stage_channels[-1], num_classes)
     model = AttnNet(stem, stages, stage_channels, head, num_classes, in_chans, parsed.canonical())
     init_weights(model)
+    zero_init = parsed.options.get("zero_init_residual", False)
+    if not isinstance(zero_init, bool):
+        raise SpecError(f"zero_init_residual must be true or false in '{spec}'.")
+    if zero_init:
+        residual_bns = [m for m in model.modules() if getattr(m, "residual_bn", False)]
+        if not residual_bns:
+            raise SpecError(f"zero_init_residual needs residual branches that end in BatchNorm, which '{parsed.arch}' has not.")
+        for bn in residual_bns:
+            nn.init.zeros_(bn.weight)
     return model
 
 

@@ -55,6 +55,7 @@ class BasicBlock(nn.Module):
         self.relu1 = nn.ReLU()
         self.conv2 = conv(channels, channels, 3)
         self.bn2 = nn.BatchNorm2d(channels)
+        self.bn2.residual_bn = True  # the branch's last BN (zero_init_residual)
         if attn is not None:
             self.attn = attn
         self.shortcut = _shortcut(in_channels, channels, stride, shortcut)
@@ -106,6 +107,7 @@ class ResNeXtBlock(nn.Module):
         self.relu2 = nn.ReLU()
         self.conv3 = conv(inner, out_channels, 1)
         self.bn3 = nn.BatchNorm2d(out_channels)
+        self.bn3.residual_bn = True  # the branch's last BN (zero_init_residual)
         if attn is not None:
             self.attn = attn
         self.shortcut = _shortcut(in_channels, out_channels, stride, "B")
