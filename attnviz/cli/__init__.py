@@ -13,7 +13,7 @@ import sys
 
 from attnviz.errors import AttnvizError
 
-SUBCOMMANDS = ["params", "zoo", "train", "eval", "inspect", "experiment"]
+SUBCOMMANDS = ["params", "zoo", "train", "eval", "inspect", "experiment", "sanity"]
 
 
 class _Parser(argparse.ArgumentParser):

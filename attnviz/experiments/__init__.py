@@ -7,6 +7,10 @@ Each study is a module with ``run(budget, out_dir, progress) -> Path`` (the repo
 - ``interflow``: Interflow's hard / soft / per-class aggregation on ResNet-20 and VGG-16 (claims 3-5).
 - ``faithfulness``: deletion/insertion AUC of CAMs, attributions and the modules' own masks for the
   zoo, and a pointing game on a synthetic set with known object locations.
+- ``sanity``: Adebayo et al.'s model- and data-randomisation tests for the explanations and the
+  modules' readouts (:mod:`attnviz.sanity`).
+- ``interventions``: the accuracy drop when each site's attention is replaced by its dataset mean or
+  switched off (:mod:`attnviz.interventions`; the SE paper's "role of excitation").
 
 Budgets: ``tiny`` (tests: seconds, on the shipped sample set), ``small`` (the shipped reports: all
 four together within about 90 minutes on 2 CPU cores), ``full`` (GPU-sized). Reports go to
@@ -73,6 +77,23 @@ STUDIES: dict[str, Study] = {
          "small": "the sample's 500 test images, 100 mosaics, 8 steps, every CIFAR-10 checkpoint "
                   "(4.4 min measured for the 11 zoo checkpoints on 2 CPU cores)",
          "full": "1,000 test images, 1,000 mosaics, 32 steps per curve"},
+    ),
+    "sanity": Study(
+        "sanity", "Sanity checks for the explanations",
+        "Adebayo et al. 2018: cascading and independent re-initialisation of every zoo checkpoint (Grad-CAM, Grad-CAM++, "
+        "Saliency, Guided Backprop, Integrated Gradients, and the modules' readouts), plus a true- vs shuffled-label pair.",
+        {"tiny": "10 test pictures, 1 checkpoint, Grad-CAM and Saliency (seconds)",
+         "small": "20 test pictures, every CIFAR-10 checkpoint, 5 methods, stage by stage; a ResNet-20 pair trained "
+                  "30 epochs on 500 sample images with true / shuffled labels",
+         "full": "100 test pictures, block by block, 8 methods, the label pair on 2,000 images for 60 epochs"},
+    ),
+    "interventions": Study(
+        "interventions", "Interventions on the attention",
+        "Test-accuracy drop when each site's attention is replaced by its dataset mean or switched off (every zoo model "
+        "with SE, SE-FeLU, ECA, CBAM, BAM, SGE or LGAM), every site at once, and Interflow's branches one by one.",
+        {"tiny": "30 test images, 1 checkpoint (seconds)",
+         "small": "1,000 test images (the sample's 500 without $ATTNVIZ_EXPERIMENT_CIFAR10), means over 1,000 training images",
+         "full": "the whole test split, means over 10,000 training images"},
     ),
 }
 

@@ -312,6 +312,111 @@ def reading_for(report: dict) -> str:
                                      weight_lr=detail.get("learned weights' lr"))
         if study == "faithfulness":
             return faithfulness_reading(results)
+        if study == "sanity":
+            return sanity_reading(results)
+        if study == "interventions":
+            return interventions_reading(results, data_label=str(detail.get("data", "")))
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         pass
     return str(report.get("reading", ""))
+
+
+def sanity_reading(summary: dict) -> str:
+    """``summary`` as built by ``attnviz.experiments.sanity.summarise`` (plus ``data_randomisation``)."""
+    from attnviz.sanity import FAIL_AT, PASS_BELOW
+
+    methods = summary.get("methods") or {}
+    models = summary.get("models") or {}
+    if not models:
+        return ("No CIFAR-10 checkpoint was available, so nothing was measured; the study runs once the zoo's "
+                "checkpoints (or your own runs) are present.")
+    sentences = [f"{len(models)} model(s) were re-initialised from the logits down, stage by stage."]
+    passing = [m for m, o in methods.items() if o["passes"] == o["models"]]
+    failing = [m for m, o in methods.items() if o["fails"] > 0]
+    partly = [m for m, o in methods.items() if m not in passing and m not in failing]
+
+    def scored(names):
+        return [f"{m} ({methods[m]['mean_final']:.2f})" for m in names if methods[m]["mean_final"] is not None]
+
+    if passing:
+        sentences.append(f"With every layer random, the maps of {_join(scored(passing))} no longer rank pixels like the "
+                         f"trained model's for any model (mean rank correlation of |map| below {PASS_BELOW:g}): they "
+                         "pass.")
+    if partly:
+        sentences.append(f"{_join(scored(partly))} changed, but for some models stayed between {PASS_BELOW:g} and "
+                         f"{FAIL_AT:g}: only partly sensitive to the weights.")
+    if failing:
+        parts = [f"{m} for {methods[m]['fails']} of {methods[m]['models']}" for m in failing]
+        sentences.append(f"Barely changed (rank correlation {FAIL_AT:g} or more with everything random): {_join(parts)} "
+                         "model(s): those maps explain the picture more than the model.")
+    if "guided_backprop" in methods:
+        gb = methods["guided_backprop"]
+        others = [o["mean_final"] for m, o in methods.items() if m != "guided_backprop" and o["mean_final"] is not None]
+        if gb["mean_final"] is not None and others:
+            if gb["mean_final"] > max(others):
+                sentences.append(f"Guided Backprop kept the highest similarity of all methods ({gb['mean_final']:.2f}), "
+                                 "as Adebayo et al. found for Inception v3.")
+            else:
+                sentences.append(f"Guided Backprop ended at {gb['mean_final']:.2f}, not above every other method (highest "
+                                 f"other: {max(others):.2f}), unlike Adebayo et al.'s Inception v3 result.")
+    data = summary.get("data_randomisation")
+    if data and data.get("methods"):
+        values = {m: v["spearman_abs"]["mean"] for m, v in data["methods"].items() if v["spearman_abs"]["mean"] is not None}
+        if values:
+            ranked = sorted(values.items(), key=lambda item: item[1])
+            memorised = data["shuffled"].get("train_acc")
+            sentences.append(
+                "Data randomisation: between the true-label model and the shuffled-label one"
+                + (f" (which fit {100 * memorised:.0f}% of its shuffled training labels)" if memorised is not None else "")
+                + f", the least similar maps were {ranked[0][0]}'s ({ranked[0][1]:.2f}) and the most similar "
+                f"{ranked[-1][0]}'s ({ranked[-1][1]:.2f})."
+            )
+    sentences.append("These are small 32x32 CIFAR networks; the thresholds are ours, the paper judged by eye "
+                     "and correlation curves.")
+    return " ".join(sentences)
+
+
+def interventions_reading(summary: dict, *, data_label: str) -> str:
+    """``summary`` as built by ``attnviz.experiments.interventions._write_report`` (``models``, ``checkpoints``)."""
+    models = summary.get("models") or {}
+    if not models:
+        return ("No CIFAR-10 checkpoint with overridable attention was found, so nothing was measured; the study "
+                "runs once the zoo's checkpoints are present.")
+    sentences = []
+    for name, s in models.items():
+        largest = s.get("largest_mean")
+        if largest is None:
+            continue
+        site, drop = largest
+        separated = s.get("separated_mean") or []
+        stages = s.get("stage_mean") or {}
+        text = (f"{name} ({100 * s['accuracy']:.1f}% on {s['n_test']} test images): replacing one site's attention by its "
+                f"dataset mean cost at most {100 * drop:.1f} points (at {site})")
+        text += (f"; {len(separated)} site(s) lost more than 2 standard errors" if separated
+                 else "; no single site's loss exceeded 2 standard errors")
+        if len(stages) > 1:
+            ordered = sorted(stages.items(), key=lambda item: -item[1])
+            text += (f"; by stage the largest mean drop was {ordered[0][0]}'s ({100 * ordered[0][1]:.1f}) and the smallest "
+                     f"{ordered[-1][0]}'s ({100 * ordered[-1][1]:.1f})")
+        everything = s.get("all_mean")
+        if everything:
+            text += f"; every site at once: {100 * everything['drop']:.1f} points"
+        off = s.get("all_ones")
+        if off:
+            text += f" (all attention off: {100 * off['drop']:.1f})"
+        sentences.append(text + ".")
+    last_least = []
+    for s in models.values():
+        stages = s.get("stage_ones") or {}
+        if len(stages) > 1:
+            last = sorted(stages)[-1]
+            last_least.append(stages[last] <= min(stages.values()))
+    if last_least:
+        sentences.append(
+            f"Switching attention off hurt the last stage least in {sum(last_least)} of {len(last_least)} model(s): "
+            + ("the SE paper's reading that the final stage's recalibration matters least holds here."
+               if all(last_least) else "the SE paper's reading (the final stage matters least) holds only partly here.")
+        )
+    sentences.append(f"Data: {data_label}. Nothing was retrained, so a drop measures what the trained network uses, "
+                     "not what a network trained without that site could learn.")
+    return " ".join(sentences)

@@ -1,0 +1,433 @@
+"""Study 5: sanity checks for the explanations (Adebayo et al., NeurIPS 2018) over the zoo.
+
+For every CIFAR-10 checkpoint that ``attnviz.checkpoints.list_checkpoints()`` finds, on fixed test
+pictures (the first k test images of each class, stored order; at the small budget from the shipped
+sample set unless ``$ATTNVIZ_EXPERIMENT_CIFAR10`` names another CIFAR-10 source):
+
+- the **cascading** model-parameter randomisation test (:func:`attnviz.sanity.randomisation_test`):
+  re-initialise from the logits down, stage by stage (block by block at the full budget), and at every
+  depth compare every method's map with the trained model's (Spearman rank correlation of the map and
+  of |map|, SSIM of the heat maps) and every attention readout's rank correlation;
+- the **independent** test: each stage re-initialised alone;
+- the **data-randomisation** test (small and full budgets): one ResNet-20 trained on the shipped
+  sample's true labels and one on the same images with shuffled labels (same recipe, no augmentation,
+  no weight decay, so the shuffled model can memorise); the maps of the two for the same pictures and
+  classes should differ if a method depends on what the labels taught the model.
+
+Verdicts use the thresholds of :mod:`attnviz.sanity` (mean rank correlation of |map| with the whole
+network random: < 0.2 changes = passes, >= 0.5 barely changes = fails). Every unit's config names the
+checkpoint and the sha256 of its weights, so the report says exactly which weights it measured and a
+rerun with other weights recomputes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from attnviz.experiments.base import (
+    Progress,
+    Series,
+    StudyRun,
+    Table,
+    _no_progress,
+    check_budget,
+    device_label,
+    new_figure,
+    paper_table,
+    save_figure,
+)
+
+STUDY = "sanity"
+TITLE = "Sanity checks: do the maps change when the weights are randomised?"
+QUESTION = (
+    "Adebayo et al. (2018): if an explanation barely changes when the network's weights are re-initialised "
+    "(from the logits down, or one stage at a time) or when it was trained on shuffled labels, it explains the "
+    "picture, not the model. Which of Grad-CAM, Grad-CAM++, Saliency, Guided Backprop and Integrated Gradients "
+    "pass for the zoo's models, and how do the attention modules' own readouts behave?"
+)
+SMALL_METHODS = ("gradcam", "gradcam++", "saliency", "guided_backprop", "integrated_gradients")
+FULL_METHODS = SMALL_METHODS + ("xgradcam", "layercam", "occlusion")
+PLOT_MODEL = "resnet20-se"
+
+
+@dataclass(frozen=True)
+class SanityBudget:
+    test_per_class: int
+    methods: tuple[str, ...]
+    granularity: str
+    max_models: int | None
+    data_randomisation: dict | None  # {"train_per_class", "epochs", "spec"} or None
+
+    def describe(self, data: str) -> dict:
+        out = {"data": data, "images": self.test_per_class * 10, "methods": ", ".join(self.methods),
+               "randomisation": f"cascading and independent, by {self.granularity}, seed 0",
+               "models": "all CIFAR-10 checkpoints found" if self.max_models is None else f"first {self.max_models}"}
+        if self.data_randomisation:
+            d = self.data_randomisation
+            out["data randomisation"] = (f"{d['spec']} trained {d['epochs']} epochs on {d['train_per_class'] * 10} "
+                                         "sample training images, true vs shuffled labels")
+        return out
+
+
+BUDGETS = {
+    "tiny": SanityBudget(test_per_class=1, methods=("gradcam", "saliency"), granularity="stage", max_models=1,
+                         data_randomisation=None),
+    "small": SanityBudget(test_per_class=2, methods=SMALL_METHODS, granularity="stage", max_models=None,
+                          data_randomisation={"spec": "resnet20", "train_per_class": 50, "epochs": 30}),
+    "full": SanityBudget(test_per_class=10, methods=FULL_METHODS, granularity="block", max_models=None,
+                         data_randomisation={"spec": "resnet20", "train_per_class": 200, "epochs": 60}),
+}
+
+
+def _round(value):
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 4)
+    return value
+
+
+def _summary_numbers(result) -> dict:
+    summary = result.summary()
+    for step in summary["steps"]:
+        for method in step["methods"].values():
+            for stats in method.values():
+                for k in ("mean", "se"):
+                    stats[k] = _round(stats[k])
+        for stats in step["readouts"].values():
+            for k in ("mean", "se"):
+                stats[k] = _round(stats[k])
+    return summary
+
+
+def sanity_unit(model, card: dict, images: torch.Tensor, plan: SanityBudget, mode: str, keep_strip: bool) -> dict:
+    from attnviz.data import preprocess
+    from attnviz.sanity import randomisation_test
+
+    x = preprocess(images, card["mean"], card["std"])
+    result = randomisation_test(model, x, methods=plan.methods, mode=mode, granularity=plan.granularity, seed=0)
+    out = _summary_numbers(result)
+    if keep_strip:  # the first picture's heat maps at every step, for the report's figure
+        out["strip"] = {m: [np.round(step.heatmaps[m][0], 3).tolist() for step in result.steps] for m in result.methods}
+    return out
+
+
+def _shuffled(dataset, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    permutation = torch.randperm(dataset.n_train, generator=generator)
+    return replace(dataset, train_labels=dataset.train_labels[permutation].clone())
+
+
+def data_randomisation_unit(plan: SanityBudget, images: torch.Tensor, work_dir, device) -> dict:
+    """Train the true-label and the shuffled-label model, then compare their maps (one unit)."""
+    from attnviz.data import load_dataset, preprocess
+    from attnviz.experiments.training import train_unit
+    from attnviz.sanity import compare_models
+    from attnviz.training import Recipe
+
+    d = plan.data_randomisation
+    dataset = load_dataset("sample").subset(train_per_class=d["train_per_class"], test_per_class=None)
+    formats = {"precision": "fp32", "memory_format": "contiguous"} if device.type == "cpu" else {}
+    recipe = Recipe(epochs=d["epochs"], batch_size=64, seed=0, augment=False, weight_decay=0.0,
+                    probe_size=min(256, dataset.n_test), step_event_every=1000, **formats)
+    models: dict[str, torch.nn.Module] = {}
+
+    def keep(label):
+        def measure(model):
+            import copy
+
+            models[label] = copy.deepcopy(model).eval().requires_grad_(False)
+            return {}
+
+        return measure
+
+    true = train_unit(d["spec"], dataset, recipe, work_dir, "sanity-true-labels", device, measure=keep("true"))
+    shuffled = train_unit(d["spec"], _shuffled(dataset, seed=0), recipe, work_dir, "sanity-shuffled-labels", device,
+                          measure=keep("shuffled"))
+    x = preprocess(images, dataset.mean, dataset.std)
+    similarity = compare_models(models["true"], models["shuffled"], x, methods=plan.methods)
+
+    def final_train_acc(result):
+        history = result.get("history") or []
+        return history[-1].get("train_acc") if history else None
+
+    return {
+        "methods": {m: {metric: {"mean": _round(float(np.nanmean(v))) if np.isfinite(v).any() else None,
+                                 "se": _round(float(np.nanstd(v, ddof=1) / math.sqrt(np.isfinite(v).sum())))
+                                 if np.isfinite(v).sum() > 1 else None}
+                        for metric, v in metrics.items()} for m, metrics in similarity.items()},
+        "true": {"test_acc": true["test_acc"], "train_acc": final_train_acc(true), "train_time_s": true["train_time_s"]},
+        "shuffled": {"test_acc": shuffled["test_acc"], "train_acc": final_train_acc(shuffled),
+                     "train_time_s": shuffled["train_time_s"]},
+        "n_train": dataset.n_train, "n_images": int(images.shape[0]),
+    }
+
+
+def run(budget: str = "small", out_dir="reports", progress: Progress | None = None, *, checkpoint_dirs=None):
+    from attnviz.checkpoints import load_checkpoint
+    from attnviz.experiments.faithfulness import faithful_set, usable_checkpoints
+    from attnviz.experiments.training import load_cifar
+
+    plan = BUDGETS[check_budget(budget)]
+    progress = progress or _no_progress
+    study = StudyRun(STUDY, TITLE, budget, out_dir, progress)
+    dataset, data_label = load_cifar(budget, None)
+    images, labels = faithful_set(dataset, plan.test_per_class)
+    data_label = f"{data_label.split(':')[0]}: the first {plan.test_per_class} test images of each class"
+    checkpoints = usable_checkpoints(checkpoint_dirs, study.notes)
+    if plan.max_models is not None and len(checkpoints) > plan.max_models:
+        study.notes.append(f"The {budget} budget evaluates only the first {plan.max_models} of "
+                           f"{len(checkpoints)} checkpoints.")
+        checkpoints = checkpoints[: plan.max_models]
+    if not checkpoints:
+        study.notes.append("No CIFAR-10 checkpoint was found (shipped checkpoints/, $ATTNVIZ_CHECKPOINTS, your runs): "
+                           "nothing to evaluate. Train or install the zoo, then run this study again.")
+    device = torch.device("cpu")
+    strip_model = next((e["name"] for e in checkpoints if e["name"] == PLOT_MODEL), checkpoints[0]["name"] if checkpoints else None)
+    total = 2 * len(checkpoints) + (1 if plan.data_randomisation else 0)
+    done = 0
+    results: dict[str, dict] = {}
+    used = []
+    for entry in checkpoints:
+        model, card = load_checkpoint(entry["path"], device=device)
+        used.append({"name": entry["name"], "spec": card["spec"], "sha256": entry["sha256"],
+                     "test_acc": card["metrics"].get("test_acc"), "dataset": card.get("dataset"),
+                     "created": card.get("created")})
+        for mode in ("cascading", "independent"):
+            progress(done, total, f"{entry['name']}: {mode}")
+            keep_strip = mode == "cascading" and entry["name"] == strip_model
+            config = {"checkpoint": entry["name"], "sha256": entry["sha256"], "mode": mode,
+                      "granularity": plan.granularity, "methods": list(plan.methods), "n": int(labels.numel()),
+                      "data": data_label, "seed": 0, "strip": keep_strip}
+            key = f"{entry['name']}-{entry['sha256'][:12]}-{mode}"
+            result = study.units.run(key, config, lambda m=model, c=card, mo=mode, k=keep_strip: sanity_unit(
+                m, c, images, plan, mo, k))
+            results.setdefault(entry["name"], {"spec": card["spec"]})[mode] = result
+            done += 1
+    data_random = None
+    if plan.data_randomisation:
+        progress(done, total, "data randomisation: training two models")
+        d = plan.data_randomisation
+        config = {"spec": d["spec"], "epochs": d["epochs"], "train_per_class": d["train_per_class"],
+                  "methods": list(plan.methods), "n": int(labels.numel()), "data": data_label, "device": device.type,
+                  "recipe": "batch 64, no augmentation, no weight decay, seed 0; labels shuffled with seed 0"}
+        data_random = study.units.run("data-randomisation", config, lambda: data_randomisation_unit(
+            plan, images, study.units.work_dir, device))
+        done += 1
+    progress(done, total, "writing the report")
+    return _write_report(study, plan, data_label, results, data_random, used, strip_model, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def _final(step: dict, method: str, metric: str = "spearman_abs"):
+    return step["methods"][method][metric]["mean"]
+
+
+def summarise(results: dict) -> dict:
+    """Per model: the cascading curve and the verdicts; per method: how many models pass / fail."""
+    from attnviz.sanity import verdict
+
+    per_model, per_method = {}, {}
+    for name, r in results.items():
+        cascade = r["cascading"]
+        methods = cascade["methods"]
+        final = cascade["steps"][-1]
+        head = cascade["steps"][1] if len(cascade["steps"]) > 1 else final
+        rows = {}
+        for m in methods:
+            value = _final(final, m)
+            rows[m] = {"after_head": _final(head, m), "final": value, "final_ssim": _final(final, m, "ssim"),
+                       "final_spearman": _final(final, m, "spearman"),
+                       "verdict": verdict(value) if value is not None else "undefined"}
+            per_method.setdefault(m, []).append(rows[m])
+        independent = r.get("independent")
+        most_sensitive = {}
+        if independent:
+            for m in methods:
+                values = [(s["label"], _final(s, m)) for s in independent["steps"][1:] if _final(s, m) is not None]
+                if values:
+                    most_sensitive[m] = min(values, key=lambda item: item[1])
+        per_model[name] = {"spec": r["spec"], "labels": [s["label"] for s in cascade["steps"]], "methods": rows,
+                           "independent_most_sensitive": most_sensitive}
+    overview = {}
+    for m, rows in per_method.items():
+        finals = [row["final"] for row in rows if row["final"] is not None]
+        overview[m] = {"models": len(rows), "passes": sum(row["verdict"] == "changes" for row in rows),
+                       "partly": sum(row["verdict"] == "partly" for row in rows),
+                       "fails": sum(row["verdict"] == "barely changes" for row in rows),
+                       "mean_final": float(np.mean(finals)) if finals else None,
+                       "mean_final_ssim": float(np.mean([row["final_ssim"] for row in rows
+                                                         if row["final_ssim"] is not None] or [math.nan]))}
+    return {"models": per_model, "methods": overview}
+
+
+def _stage_of(site: str) -> str:
+    return site.split(".")[0]
+
+
+def _readout_mean(step: dict | None, members: list[str]) -> float | None:
+    if step is None:
+        return None
+    values = [step["readouts"][k]["mean"] for k in members
+              if step["readouts"].get(k) and step["readouts"][k]["mean"] is not None]
+    return round(float(np.mean(values)), 3) if values else None
+
+
+def _readout_rows(results: dict) -> list[list]:
+    """Per model, readout part and stage: mean rank correlation after the head, after the site's own
+    stage alone (independent) and with everything random."""
+    rows = []
+    for name, r in results.items():
+        cascade, independent = r["cascading"], r.get("independent")
+        groups: dict[tuple[str, str], list[str]] = {}
+        for key in cascade["steps"][0]["readouts"]:
+            site, part = key.rsplit(":", 1)
+            groups.setdefault((part, _stage_of(site)), []).append(key)
+        for (part, stage), members in groups.items():
+            steps = cascade["steps"]
+            own = next((s for s in independent["steps"] if s["label"] == stage), None) if independent else None
+            rows.append([name, part, stage, len(members), _readout_mean(steps[1] if len(steps) > 1 else None, members),
+                         _readout_mean(own, members), _readout_mean(steps[-1], members)])
+    return rows
+
+
+def _write_report(study: StudyRun, plan: SanityBudget, data_label: str, results: dict, data_random: dict | None,
+                  used: list[dict], strip_model: str | None, device):
+    from attnviz.experiments.readings import sanity_reading
+    from attnviz.sanity import FAIL_AT, PASS_BELOW
+
+    summary = summarise(results)
+    summary["data_randomisation"] = data_random
+    summary["checkpoints"] = used
+    tables = []
+    overview_rows = [[m, o["models"], o["passes"], o["partly"], o["fails"], _round(o["mean_final"]),
+                      _round(o["mean_final_ssim"])] for m, o in summary["methods"].items()]
+    tables.append(Table(
+        id="overview", title="Cascading randomisation: which methods pass",
+        columns=["method", "models", "pass (changes)", "partly", "fail (barely changes)",
+                 "mean rank corr. of abs(map), all random", "mean SSIM, all random"],
+        rows=overview_rows,
+        caption=(f"{data_label}; the trained model's predicted class is explained at every step. Pass: mean Spearman "
+                 f"rank correlation of |map| with the trained map below {PASS_BELOW:g} once every layer is "
+                 f"re-initialised; fail: {FAIL_AT:g} or above (our thresholds)."),
+        paper=paper_table(
+            "Adebayo et al. judge the cascading test by eye and by the same rank correlations (Inception v3, ImageNet).",
+            ["method", "their finding"],
+            [["Gradient (our saliency)", "changes as layers are randomised: passes"],
+             ["Grad-CAM", "changes: passes"],
+             ["Guided Backprop", "stays nearly unchanged even with all layers random: fails"],
+             ["Guided Grad-CAM", "stays nearly unchanged: fails (not run here)"]],
+            "Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018, sec. 3 and fig. 2"),
+    ))
+    per_model_rows = []
+    for name, s in summary["models"].items():
+        for m, row in s["methods"].items():
+            sensitive = s["independent_most_sensitive"].get(m)
+            per_model_rows.append([name, m, _round(row["after_head"]), _round(row["final"]), _round(row["final_spearman"]),
+                                   _round(row["final_ssim"]), row["verdict"],
+                                   f"{sensitive[0]} ({sensitive[1]:.2f})" if sensitive else None])
+    tables.append(Table(
+        id="per-model", title="Per model and method",
+        columns=["model", "method", "rank corr. abs(map), head random", "rank corr. abs(map), all random",
+                 "rank corr. map, all random", "SSIM, all random", "verdict",
+                 "independent: stage that changes it most (rank corr.)"],
+        rows=per_model_rows,
+        caption="Cascading from the logits down; the last column re-initialises one stage at a time, the rest trained.",
+    ))
+    tables.append(Table(
+        id="readouts", title="The attention modules' own readouts under randomisation",
+        columns=["model", "readout", "stage", "sites", "rank corr., head random", "rank corr., own stage random alone",
+                 "rank corr., all random"],
+        rows=_readout_rows(results),
+        caption=("Mean Spearman correlation (over sites of the stage and pictures) of each readout with the trained "
+                 "model's: channel weights, spatial masks, Interflow branch weights. A readout before the head cannot "
+                 "change when only the head is random (1.0 expected there; Interflow's branch weights live in the head)."),
+    ))
+    if data_random:
+        rows = [[m, _round(v["spearman_abs"]["mean"]), _round(v["spearman"]["mean"]), _round(v["ssim"]["mean"])]
+                for m, v in data_random["methods"].items()]
+        tables.append(Table(
+            id="data-randomisation", title="Data randomisation: true labels vs shuffled labels",
+            columns=["method", "rank corr. abs(map)", "rank corr. map", "SSIM"], rows=rows,
+            caption=(f"Two {plan.data_randomisation['spec']} trained on the same {data_random['n_train']} sample images, "
+                     f"true labels (train acc. {100 * (data_random['true']['train_acc'] or 0):.0f}%, test acc. "
+                     f"{100 * data_random['true']['test_acc']:.1f}%) and shuffled labels (train acc. "
+                     f"{100 * (data_random['shuffled']['train_acc'] or 0):.0f}%, test acc. "
+                     f"{100 * data_random['shuffled']['test_acc']:.1f}%); maps for {data_random['n_images']} test "
+                     "pictures and the true-label model's predicted classes. High similarity = the method does not "
+                     "depend on what the labels taught."),
+            paper=paper_table("Adebayo et al., data randomisation test (CNN on MNIST and Inception v3 on ImageNet).",
+                              ["method", "their finding"],
+                              [["Gradient, Grad-CAM", "maps differ between true- and random-label models: pass"],
+                               ["Guided Backprop, Guided Grad-CAM", "maps stay similar: fail"]],
+                              "Adebayo et al. 2018, sec. 4 and fig. 5"),
+        ))
+    tables.append(Table(
+        id="checkpoints", title="Checkpoints measured",
+        columns=["name", "spec", "weights sha256", "test acc. (card)", "trained on", "created"],
+        rows=[[u["name"], u["spec"], u["sha256"], u["test_acc"], u["dataset"], u["created"]] for u in used],
+        caption="Rerunning with other weights (a retrained zoo) recomputes every unit: their configs hold these hashes.",
+    ))
+    series = []
+    for name, s in summary["models"].items():
+        cascade = results[name]["cascading"]
+        lines = [{"label": m, "x": s["labels"], "y": [step["methods"][m]["spearman_abs"]["mean"] for step in cascade["steps"]]}
+                 for m in cascade["methods"]]
+        series.append(Series(id=f"cascade-{name}", title=f"{name}: rank correlation of |map| from trained to random",
+                             x_label="randomised down to", y_label="Spearman of |map| with the trained map", lines=lines))
+    plots = _plots(study, results, strip_model) if results else []
+    reading = sanity_reading(summary)
+    unit_times = [r[mode].get("unit_time_s", 0.0) for r in results.values() for mode in ("cascading", "independent")
+                  if mode in r]
+    if data_random:
+        unit_times.append(data_random.get("unit_time_s", 0.0))
+    return study.write(question=QUESTION, budget_detail=plan.describe(data_label), seeds=[0],
+                       device=device_label(device), tables=tables, series=series, plots=plots, results=summary,
+                       reading=reading, unit_times=unit_times)
+
+
+def _plots(study: StudyRun, results: dict, strip_model: str | None) -> list[dict]:
+    plots = []
+    names = list(results)
+    methods = results[names[0]]["cascading"]["methods"]
+    figure = new_figure(3.2 * len(methods), 3.0)
+    axes = figure.subplots(1, len(methods), squeeze=False)[0]
+    for ax, method in zip(axes, methods, strict=True):
+        for i, name in enumerate(names):
+            steps = results[name]["cascading"]["steps"]
+            values = [s["methods"][method]["spearman_abs"]["mean"] for s in steps]
+            ax.plot(range(len(values)), [np.nan if v is None else v for v in values], marker="o", ms=3, lw=1,
+                    color=f"C{i % 10}", label=name)
+        ax.set_title(method, fontsize=9)
+        ax.set_ylim(-0.2, 1.05)
+        ax.set_xlabel("layers re-initialised (0 = trained)", fontsize=7)
+        ax.axhline(0, color="#999", lw=0.6)
+    axes[0].set_ylabel("rank corr. of |map| with trained")
+    axes[-1].legend(fontsize=5, loc="upper right")
+    plots.append({"file": save_figure(figure, study.directory / "cascading.png"),
+                  "title": "Cascading randomisation, every model",
+                  "caption": "Step 0 = trained; then head, last stage, ..., stem re-initialised cumulatively."})
+    strip = results.get(strip_model, {}).get("cascading", {}).get("strip") if strip_model else None
+    if strip:
+        labels = [s["label"] for s in results[strip_model]["cascading"]["steps"]]
+        figure = new_figure(1.25 * len(labels), 1.35 * len(strip))
+        grid = figure.subplots(len(strip), len(labels), squeeze=False)
+        for row, (method, maps) in enumerate(strip.items()):
+            for col, heat in enumerate(maps):
+                ax = grid[row][col]
+                ax.imshow(np.asarray(heat), cmap="jet", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(labels[col], fontsize=7)
+                if col == 0:
+                    ax.set_ylabel(method, fontsize=6)
+        plots.append({"file": save_figure(figure, study.directory / "strip.png"),
+                      "title": f"{strip_model}: maps of the first picture from trained (left) to fully random",
+                      "caption": "Each column re-initialises one more part, from the logits down."})
+    return plots
