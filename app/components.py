@@ -124,7 +124,8 @@ def device_badge(report: dict) -> None:
     st.sidebar.divider()
     st.sidebar.caption(
         f":material/memory: **{report['description']}** · {report['gflops']:g} GFLOP/s (float32 matmul) · "
-        f"ResNet-20 CPU forward {report['resnet20_cpu_ms']:.1f} ms (batch 1), measured when the server started."
+        f"ResNet-20 CPU forward {report['resnet20_cpu_ms']:.1f} ms (batch 1; the Zoo table's number), "
+        f"{report['latency_method']}, measured {report['latency_measured_at'] or 'when the server started'}."
     )
 
 
@@ -196,21 +197,25 @@ METHOD_LABELS = {
 
 def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: int = 3,
                  max_images: int = 8, multiple: bool = True) -> list[tuple[str, bytes]]:
-    """Pictures from the shipped gallery, uploads and the camera, as (name, bytes) in that order.
+    """The pictures to analyse as (name, bytes): the user's own first, then gallery picks.
 
-    Nothing is decoded here: every byte string goes through `attnviz.images` in `services.decode`.
+    What the user gave (uploads and camera shots) comes first, the most recent first; the gallery's
+    preselected pictures apply only while nothing of the user's is there (pictures picked in the
+    gallery by hand stay, after the user's). With more pictures than ``max_images`` a picker says so
+    and lets the user choose; nothing is dropped silently. Nothing is decoded here: every byte string
+    goes through `attnviz.images` in `services.decode`.
     """
     from pathlib import Path
 
     labels = {f"{cls} · {Path(p).stem}": p for cls, paths in gallery.items() for p in paths}
     # a spread of classes as the default: the first image of every third class
     defaults = [f"{cls} · {Path(paths[0]).stem}" for cls, paths in list(gallery.items())[::3] if paths]
+    defaults = defaults[:default_gallery] if multiple else defaults[:1]
     source_tabs = st.tabs([":material/photo_library: Gallery", ":material/upload: Upload", ":material/photo_camera: Camera"])
     with source_tabs[0]:
         picked = st.multiselect(
-            "Sample images (CIFAR-10 test set, shipped with attnviz)", list(labels),
-            default=defaults[:default_gallery] if multiple else defaults[:1], key=f"{key}_gallery",
-            max_selections=max_images if multiple else 1,
+            "Sample images (CIFAR-10 test set, shipped with attnviz)", list(labels), default=defaults,
+            key=f"{key}_gallery", max_selections=max_images if multiple else 1,
         )
     with source_tabs[1]:
         uploads = st.file_uploader(
@@ -220,18 +225,49 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
     with source_tabs[2]:
         use_camera = st.toggle("Use the camera", key=f"{key}_camera_on")
         shot = st.camera_input("Take a picture", key=f"{key}_camera") if use_camera else None
-    sources: list[tuple[str, bytes]] = []
-    for label in picked:
-        sources.append((label, Path(labels[label]).read_bytes()))
-    if uploads:
-        for upload in uploads if isinstance(uploads, list) else [uploads]:
-            sources.append((upload.name, upload.getvalue()))
-    if shot is not None:
-        sources.append(("camera", shot.getvalue()))
-    if len(sources) > max_images:
-        st.info(f"Showing the first {max_images} of {len(sources)} pictures.")
-        sources = sources[:max_images]
-    return sources
+    given = [u for u in (uploads if isinstance(uploads, list) else [uploads]) if u is not None]
+    given += [shot] if shot is not None else []
+    own = _latest_first(key, [("camera" if item is shot else item.name, item) for item in given])
+    gallery_part = [] if (own and picked == defaults) else picked
+    sources = own + [(label, Path(labels[label]).read_bytes()) for label in gallery_part]
+    if len(sources) <= max_images:
+        return sources
+    names = _unique_names([name for name, _ in sources])
+    chosen = st.multiselect(
+        f"Pictures to analyse (at most {max_images} at a time; your own first, the latest first)", names,
+        default=names[:max_images], max_selections=max_images, key=f"{key}_analyse",
+    )
+    left_out = [name for name in names if name not in chosen]
+    st.info(f"{len(sources)} pictures are given and {max_images} can be analysed at once; not analysed now: "
+            f"{', '.join(left_out)}. Pick others above.", icon=":material/filter_list:")
+    by_name = dict(zip(names, (data for _, data in sources), strict=True))
+    return [(name, by_name[name]) for name in chosen]
+
+
+def _latest_first(key: str, items: list[tuple[str, object]]) -> list[tuple[str, bytes]]:
+    """Uploaded files and camera shots ordered by the rerun in which they first appeared, newest first
+    (files that arrived together keep their own order)."""
+    import hashlib
+
+    seen = st.session_state.setdefault(f"{key}_arrival", {})
+    batch = max(seen.values(), default=-1) + 1
+    data = [item.getvalue() for _, item in items]
+    # by name and content: the same file uploaded again (or kept while another is added) is not new
+    idents = [f"{name}:{hashlib.sha256(blob).hexdigest()}" for (name, _), blob in zip(items, data, strict=True)]
+    for ident in idents:
+        seen.setdefault(ident, batch)
+    order = sorted(range(len(items)), key=lambda i: (-seen[idents[i]], i))
+    return [(items[i][0], data[i]) for i in order]
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """``a.png, a.png`` -> ``a.png, a.png (2)``: picker options must differ."""
+    counts: dict[str, int] = {}
+    out = []
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+        out.append(name if counts[name] == 1 else f"{name} ({counts[name]})")
+    return out
 
 
 def topk_figure(probs_by_model: dict[str, np.ndarray], class_names: list[str], colors: list[str],
@@ -397,8 +433,11 @@ def profiles_figure(mean: np.ndarray, class_names: list[str], *, title: str) -> 
                                  line=dict(width=1.4, color=CLASS_COLORS[k % len(CLASS_COLORS)])))
     fig.update_xaxes(title="channel")
     fig.update_yaxes(title="mean weight", range=[0, 1])
-    fig.update_layout(hovermode="closest")
-    return _layout(fig, height=300, title=title)
+    fig = _layout(fig, height=420, title=title)
+    # ten classes wrap the legend onto several rows: below the axes, never over the title
+    fig.update_layout(hovermode="closest", legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig
 
 
 def lines_figure(series: dict[str, dict[str, float]], *, x_title: str, y_title: str) -> go.Figure:
@@ -459,3 +498,70 @@ def contributions_figure(contrib: np.ndarray, class_names: list[str], classes: l
     fig.update_layout(barmode="relative", hovermode="x")
     fig.update_yaxes(title="weighted logit")
     return _layout(fig, height=320)
+
+
+# ------------------------------------------------------------------------------------- interventions
+@st.fragment
+def intervention_panel(models: list[dict], pictures: list[dict], *, key: str) -> None:
+    """Pick a model, an attention site and an intervention; see each picture's prediction and Grad-CAM
+    before and after, side by side. A fragment: changing these widgets reruns only this panel."""
+    import services
+
+    st.subheader("Intervene: change the attention and watch the prediction")
+    st.caption("Override one site's attention for one forward pass (`attnviz.interventions`): the shared model "
+               "itself is never changed. Both heat maps explain the class predicted before the change.")
+    if not models or not pictures:
+        st.info("Pick a model and a picture first.")
+        return
+    by_id = {m["id"]: m for m in models}
+    c_model, c_site, c_method, c_arg = st.columns([1.3, 1, 1.6, 1])
+    model_id = c_model.selectbox("Model", list(by_id), format_func=lambda i: by_id[i]["name"], key=f"{key}_iv_model")
+    model = by_id[model_id]
+    try:
+        sites = services.intervention_sites(model_id, model["weights_sha256"])
+    except services.user_errors() as err:
+        st.error(f"{model['name']}: {err}")
+        return
+    if not sites:
+        st.info(f"{model['name']} has no attention readout that can be overridden.")
+        return
+    names = list(sites)
+    site = c_site.selectbox("Site", names, index=len(names) // 2 if len(names) > 2 else 0, format_func=short_site,
+                            key=f"{key}_iv_site")
+    info = sites[site]
+    labels = services.intervention_labels()
+    method = c_method.selectbox("Intervention", info["methods"], format_func=lambda m: labels.get(m, m),
+                                key=f"{key}_iv_method")
+    k = branch = None
+    if method == "channel_zero_topk":
+        channels = int(info["channels"])
+        k = c_arg.number_input("k channels", min_value=1, max_value=channels, value=min(4, channels), step=1,
+                               key=f"{key}_iv_k", help=f"1 to {channels}: the channels this site weights most are zeroed")
+    elif method in ("branch_off", "branch_only"):
+        branch = c_arg.selectbox("Branch", list(range(int(info["branches"]))), format_func=lambda b: f"branch {b + 1}",
+                                 key=f"{key}_iv_branch")
+    digests = tuple(item["digest"] for item in pictures)
+    try:
+        effect = services.intervention_effect(model_id, model["weights_sha256"], digests, pictures, site, method,
+                                              None if k is None else int(k), branch)
+    except services.user_errors() as err:
+        st.error(str(err))
+        return
+    class_names = effect["class_names"] or [str(i) for i in range(effect["probs_before"].shape[1])]
+    changed = 0
+    for index, item in enumerate(pictures):
+        before, after = effect["probs_before"][index], effect["probs_after"][index]
+        target = effect["targets"][index]
+        new = int(np.argmax(after))
+        changed += int(new != target)
+        c_before, c_after, c_bars = st.columns([1, 1, 2])
+        c_before.image(services.overlay_png(item["display"], effect["heatmaps_before"][index], "jet", 0.5),
+                       caption=f"before · {class_names[target]} {before[target]:.0%}", width="stretch")
+        c_after.image(services.overlay_png(item["display"], effect["heatmaps_after"][index], "jet", 0.5),
+                      caption=f"after · {class_names[new]} {after[new]:.0%} · {class_names[target]} {after[target]:.0%}",
+                      width="stretch")
+        c_bars.plotly_chart(topk_figure({"before": before, "after": after}, class_names, ["#64748b", "#c2410c"], k=4),
+                            key=f"{key}_iv_bars_{index}")
+    st.caption(f"{effect['describe']} ({model['name']}): the prediction changed for {changed} of {len(pictures)} "
+               "picture(s). Left: Grad-CAM of the unchanged model; middle: the same class's Grad-CAM with the "
+               "intervention; right: the top classes before and after.")

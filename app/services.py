@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from pathlib import Path
 
 import streamlit as st
 
@@ -81,12 +82,32 @@ def zoo_rows() -> list[dict]:
 def _zoo_costs(fingerprint: tuple) -> list[dict]:
     from attnviz.catalog import measure_costs, zoo_rows
 
-    return [row.as_dict() for row in measure_costs(zoo_rows())]
+    rows = measure_costs(zoo_rows(), latency=False)
+    measured = device_report()["latencies"]  # taken at server start, the sidebar's numbers too
+    for row in rows:
+        row.cpu_latency_ms = measured.get(f"{row.spec}|{row.num_classes}")
+    # a model that appeared after the server started (a finished run) is measured once, the same way
+    measure_costs([row for row in rows if row.cpu_latency_ms is None])
+    return [row.as_dict() for row in rows]
 
 
 def zoo_rows_with_costs() -> list[dict]:
-    """The zoo with params, FLOPs and CPU latency filled in (measured once, cached on disk)."""
+    """The zoo with params, FLOPs and the CPU latencies measured at server start (`device_report`)."""
     return _zoo_costs(_runs_fingerprint())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def zoo_note(path: str | None, sha256: str | None) -> str | None:
+    """The card's ``zoo_note`` (why a shipped entry differs from the paper-literal spec), if any."""
+    from attnviz.checkpoints import read_card
+    from attnviz.errors import CheckpointError
+
+    if not path:
+        return None
+    try:
+        return read_card(Path(path)).get("zoo_note")
+    except CheckpointError:
+        return None
 
 
 def zoo_by_id() -> dict[str, dict]:
@@ -157,13 +178,19 @@ def default_model_ids(rows: list[dict]) -> list[str]:
 
 
 def sidebar() -> list[str]:
-    """The sidebar every page shows: the shared model choice (returned) and the device line."""
+    """The sidebar every page shows, drawn once by the entry file: the shared model choice (returned)
+    and the device line."""
     import components as ui
 
     rows = zoo_rows()
     chosen = ui.model_picker(rows, default_model_ids(rows))
     ui.device_badge(device_report())
     return chosen
+
+
+def chosen_models() -> list[str]:
+    """The zoo ids picked in the sidebar (drawn by the entry file before the page runs)."""
+    return list(st.session_state.get("models", []))
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -192,7 +219,7 @@ def _decode(digest: str, _data: bytes) -> dict:
     from PIL import Image
 
     from attnviz.errors import ImageError
-    from attnviz.images import read_image
+    from attnviz.images import letterbox, read_image
 
     try:
         loaded = read_image(_data)
@@ -206,13 +233,14 @@ def _decode(digest: str, _data: bytes) -> dict:
     display_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     resample = Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS
     display = source.resize(display_size, resample)
-    return {"error": None, "source": source, "display": display, "notes": list(loaded.notes),
-            "size": image.size, "format": loaded.format}
+    return {"error": None, "source": source, "display": display, "thumbnail": letterbox(display, DISPLAY_SIDE),
+            "notes": list(loaded.notes), "size": image.size, "format": loaded.format}
 
 
 def decode(name: str, data: bytes) -> dict:
     """An input picture through `attnviz.images.read_image`: ``{"name", "digest", "error"}`` plus, when
-    it decoded, ``source`` (<= 512 px, what the models see), ``display`` (224 px) and ``notes``.
+    it decoded, ``source`` (<= 512 px, what the models see), ``display`` (224 px, its own aspect ratio: what
+    heat maps are drawn on), ``thumbnail`` (``display`` in a 224 px square: what pages show) and ``notes``.
     A bad file gets ``error`` = one sentence and no picture; it never raises."""
     import hashlib
 
@@ -255,7 +283,7 @@ def probe_images(model_id: str, digests: tuple[str, ...], _items: list[dict]) ->
 @st.cache_data(show_spinner=False, max_entries=2048)
 def _explain_one(model_id: str, digest: str, _item: dict, method: str, target, layer: str | None,
                  branches: bool) -> list[dict]:
-    from attnviz.explain import explain
+    from attnviz.explanations import explain
 
     _count("explain")
     model, card = load_model(model_id)
@@ -268,7 +296,7 @@ def _explain_one(model_id: str, digest: str, _item: dict, method: str, target, l
 
 def explain_images(model_id: str, digests: tuple[str, ...], _items: list[dict], method: str,
                    target, layer: str | None, branches: bool = False) -> list[dict]:
-    """Heat maps of one model for pictures (`attnviz.explain`) as plain dicts, picture by picture;
+    """Heat maps of one model for pictures (`attnviz.explanations`) as plain dicts, picture by picture;
     ``image_index`` is the picture's position in ``_items``."""
     maps = []
     for index, (digest, item) in enumerate(zip(digests, _items, strict=True)):
@@ -281,7 +309,7 @@ def explain_images(model_id: str, digests: tuple[str, ...], _items: list[dict], 
 def _faithfulness_one(model_id: str, digest: str, _item: dict, method: str, target, layer: str | None) -> list[dict]:
     import numpy as np
 
-    from attnviz.explain import deletion_insertion
+    from attnviz.explanations import deletion_insertion
 
     maps = [e for e in _explain_one(model_id, digest, _item, method, target, layer, False) if e["branch"] is None]
     _count("faithfulness")
@@ -304,9 +332,9 @@ def faithfulness_scores(model_id: str, digests: tuple[str, ...], _items: list[di
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def module_mask_scores(model_id: str, digests: tuple[str, ...], _items: list[dict]) -> dict[str, dict]:
-    """The modules' own spatial masks (`attnviz.explain.module_masks`, input resolution) with their
+    """The modules' own spatial masks (`attnviz.explanations.module_masks`, input resolution) with their
     deletion / insertion AUC for the predicted class: site -> {"masks": [N, H, W], "deletion", "insertion"}."""
-    from attnviz.explain import deletion_insertion, module_masks
+    from attnviz.explanations import deletion_insertion, module_masks
 
     _count("masks")
     model, card = load_model(model_id)
@@ -331,7 +359,7 @@ def model_layers(model_id: str) -> dict:
 
 @st.cache_data(show_spinner=False)
 def explain_methods() -> list[str]:
-    from attnviz.explain import METHODS
+    from attnviz.explanations import METHODS
 
     return list(METHODS)
 
@@ -344,10 +372,12 @@ def colormaps() -> list[str]:
 
 
 def overlay_png(display, heatmap, colormap: str, opacity: float, vmin: float = 0.0, vmax: float = 1.0) -> bytes:
-    """PNG of a heat map over the display picture (`attnviz.overlay.overlay_png`); not cached: cheap."""
+    """PNG of a heat map over the display picture in a square cell (`attnviz.overlay.overlay_png`, any
+    aspect ratio); not cached: cheap."""
     from attnviz.overlay import overlay_png as _overlay_png
 
-    return _overlay_png(display, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax)
+    return _overlay_png(display, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax,
+                        canvas=DISPLAY_SIDE)
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -428,7 +458,7 @@ def trainable_specs() -> list[str]:
 def default_recipe() -> dict:
     from dataclasses import asdict
 
-    from attnviz.train import Recipe
+    from attnviz.training import Recipe
 
     recipe = Recipe()
     return {**asdict(recipe), "resolved_lr": recipe.resolved_lr}
@@ -480,9 +510,9 @@ def _sample_batch(card: dict, limit: int | None = None):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def excitation_profiles(model_id: str, sha256: str | None) -> dict:
-    """Class-wise excitation profiles over the sample test set (`attnviz.explain.excitation_profiles`):
+    """Class-wise excitation profiles over the sample test set (`attnviz.explanations.excitation_profiles`):
     ``{"sites", "kinds", "mean": {site: [K, C]}, "std", "counts", "specialisation", "class_names"}``."""
-    from attnviz.explain import excitation_profiles as _profiles
+    from attnviz.explanations import excitation_profiles as _profiles
 
     _count("profiles")
     model, card = load_model(model_id)
@@ -514,3 +544,79 @@ def usable_pictures(sources: list[tuple[str, bytes]], limit: int) -> list[dict]:
         if item["error"]:
             st.warning(f"{item['name']} could not be used: {item['error']}.", icon=":material/broken_image:")
     return [item for item in items if item["error"] is None][:limit]
+
+
+# ------------------------------------------------------------------------- sanity and interventions
+SANITY_METHODS = ("gradcam", "gradcam++", "saliency", "guided_backprop", "integrated_gradients")
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def sanity_check(model_id: str, sha256: str | None, digest: str, _item: dict, methods: tuple[str, ...],
+                 mode: str = "cascading") -> dict:
+    """The model-parameter randomisation test for one picture (`attnviz.sanity.randomisation_test`, on a
+    private copy of the shared model): ``{"labels", "heatmaps": {method: [step maps]}, "curves": {method:
+    {metric: [per step]}}, "readouts": {"site:part": [per step]}, "verdicts", "reading", "target"}``."""
+    from attnviz.sanity import METRICS, describe, randomisation_test
+
+    _count("sanity")
+    model, card = load_model(model_id)
+    result = randomisation_test(model, _inputs(card, [_item]), methods=list(methods), mode=mode, seed=0)
+    return {"labels": result.labels, "randomised": [step.randomised for step in result.steps],
+            "heatmaps": {m: [step.heatmaps[m][0] for step in result.steps] for m in result.methods},
+            "curves": {m: {metric: result.curve(m, metric) for metric in METRICS} for m in result.methods},
+            "readouts": {k: result.readout_curve(k) for k in result.readout_keys()},
+            "predictions": [int(step.predictions[0]) for step in result.steps],
+            "verdicts": result.verdicts(), "reading": describe(result), "target": int(result.targets[0])}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def intervention_sites(model_id: str, sha256: str | None) -> dict[str, dict]:
+    """site -> {"kind", "methods", "channels", "branches"} (`attnviz.interventions.intervention_sites`)."""
+    from attnviz.interventions import intervention_sites as _sites
+
+    model, _ = load_model(model_id)
+    return _sites(model)
+
+
+def intervention_labels() -> dict[str, str]:
+    from attnviz.interventions import LABELS
+
+    return {**LABELS, "channel_mean": "channel weights -> their average over the sample set",
+            "spatial_mean": "spatial mask -> its mean over the picture"}
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def intervention_effect(model_id: str, sha256: str | None, digests: tuple[str, ...], _items: list[dict], site: str,
+                        method: str, k: int | None = None, branch: int | None = None) -> dict:
+    """Predictions and Grad-CAM before / inside one intervention (`attnviz.interventions.intervention_effect`).
+
+    ``channel_mean`` uses the site's average weights over the shipped sample's test images and
+    ``channel_class_mean`` the average of the class the model predicts without the intervention (both from
+    `excitation_profiles`); ``spatial_mean`` each picture's own spatial mean."""
+    import numpy as np
+
+    from attnviz.interventions import Intervention
+    from attnviz.interventions import intervention_effect as _effect
+
+    _count("intervention")
+    model, card = load_model(model_id)
+    x = _inputs(card, _items)
+    value = classes = None
+    if method in ("channel_mean", "channel_class_mean"):
+        profiles = excitation_profiles(model_id, sha256)
+        if site not in profiles["mean"]:
+            from attnviz.errors import AttnvizError
+
+            raise AttnvizError(f"{site} has no channel weights in the sample-set averages")
+        table = np.asarray(profiles["mean"][site], dtype=np.float64)
+        counts = np.asarray(profiles["counts"], dtype=np.float64)
+        if method == "channel_mean":
+            value = (counts[:, None] * table).sum(axis=0) / max(counts.sum(), 1.0)
+        else:
+            value = table
+            classes = probe_images(model_id, digests, _items)["probs"].argmax(axis=1).tolist()
+    intervention = Intervention(site, method, k=k, branch=branch, value=value, classes=classes)
+    effect = _effect(model, x, [intervention], method="gradcam")
+    return {"probs_before": effect.probs_before, "probs_after": effect.probs_after, "targets": effect.targets,
+            "heatmaps_before": effect.heatmaps_before, "heatmaps_after": effect.heatmaps_after,
+            "describe": intervention.describe(), "class_names": list(card.get("class_names") or [])}

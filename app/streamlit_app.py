@@ -1,18 +1,23 @@
 """attnviz app entry point: page setup and navigation only (`make app`).
 
-Each page lives in `app/views/<name>.py`; to add one, add a line below. Heavy imports (torch) happen
+Each page lives in `app/views/<name>.py`; to add one, add a line below. The sidebar (the model choice
+shared by every page, and the device line) is drawn here once; pages read the choice with
+`services.chosen_models()`. Heavy imports (torch) happen
 inside `app/services.py` when a page first needs them, so the first paint stays fast.
 """
 
 import streamlit as st
 
+import services
+
 st.set_page_config(page_title="attnviz", page_icon=":material/visibility:", layout="wide")
 
-st.navigation(
+page = st.navigation(
     {
         "Compare": [
             st.Page("views/zoo.py", title="Zoo", icon=":material/grid_view:", default=True),
             st.Page("views/inspect_image.py", title="Inspect an image", icon=":material/image_search:"),
+            st.Page("views/sanity.py", title="Sanity checks", icon=":material/fact_check:"),
         ],
         "Modules": [
             st.Page("views/channel_attention.py", title="Channel attention (SE)", icon=":material/equalizer:"),
@@ -28,4 +33,6 @@ st.navigation(
             st.Page("views/about.py", title="About", icon=":material/menu_book:"),
         ],
     }
-).run()
+)
+services.sidebar()  # the shared model choice and device line, drawn once for every page
+page.run()

@@ -18,9 +18,9 @@ _EXPORTS = {
     "save_checkpoint": "attnviz.checkpoints",
     "list_checkpoints": "attnviz.checkpoints",
     "probe": "attnviz.probes",
-    "explain": "attnviz.explain",
+    "explain": "attnviz.explanations",
     "load_image": "attnviz.images",
-    "train": "attnviz.train",
+    "train": "attnviz.training",
     "pick_device": "attnviz.device",
     "AttnvizError": "attnviz.errors",
 }

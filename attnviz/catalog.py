@@ -164,7 +164,7 @@ def zoo_rows(*, include_untrained: bool = True, dirs: list[Path] | None = None,
     if with_latency:
         latencies = _read_cache("latency.json")
         for row in rows:
-            row.cpu_latency_ms = latencies.get(_latency_key(row))
+            row.cpu_latency_ms = _cached_latency(latencies.get(_latency_key(row)))[0]
     return rows
 
 
@@ -246,34 +246,59 @@ def find_row(row_id: str, rows: list[ZooRow] | None = None) -> ZooRow:
     raise CheckpointError(f"There is no model '{row_id}' in the zoo.")
 
 
-def measure_latency(model, input_size: tuple[int, int, int] = (3, 32, 32), repeats: int = 20) -> float:
+LATENCY_REPEATS = 20
+LATENCY_WARMUPS = 3
+
+
+def measure_latency(model, input_size: tuple[int, int, int] = (3, 32, 32), repeats: int = LATENCY_REPEATS) -> float:
     """Median milliseconds of a batch-1 forward pass on the CPU (no grad, eval mode, 3 warm-ups)."""
     import torch
 
     x = torch.zeros(1, *input_size)
     times = []
     with torch.no_grad():
-        for i in range(repeats + 3):
+        for i in range(repeats + LATENCY_WARMUPS):
             start = time.perf_counter()
             model(x)
-            if i >= 3:
+            if i >= LATENCY_WARMUPS:
                 times.append(time.perf_counter() - start)
     times.sort()
     return 1000.0 * times[len(times) // 2]
 
 
+def latency_method() -> str:
+    """How every CPU latency in the app is measured (one way, for the Zoo table and the sidebar)."""
+    import torch
+
+    return (f"median of {LATENCY_REPEATS} batch-1 float32 forwards after {LATENCY_WARMUPS} warm-ups, "
+            f"{torch.get_num_threads()} CPU threads")
+
+
+def _cached_latency(entry) -> tuple[float | None, str | None]:
+    """(ms, measured_at) of a latency cache entry (older caches stored the bare number)."""
+    if isinstance(entry, dict):
+        return entry.get("ms"), entry.get("measured_at")
+    return (float(entry), None) if isinstance(entry, (int, float)) else (None, None)
+
+
 def measure_costs(rows: list[ZooRow], *, latency: bool = True) -> list[ZooRow]:
-    """Fill missing params/FLOPs and CPU latencies (measured once, then read from the caches)."""
+    """Fill missing params/FLOPs and CPU latencies (measured once, then read from the caches).
+
+    Latencies are measured here only for rows the cache lacks; the app calls this once at server
+    start (``device_report``), before any session's work, so they are taken on a quiet machine.
+    """
     from attnviz.stats import count_flops, count_params
 
     costs, latencies = {}, {}
     cached_latency = _read_cache("latency.json")
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for row in rows:
         need_cost = row.params is None or row.flops is None
-        need_latency = latency and row.cpu_latency_ms is None and cached_latency.get(_latency_key(row)) is None
+        known, _ = _cached_latency(cached_latency.get(_latency_key(row)))
+        need_latency = latency and row.cpu_latency_ms is None and known is None
         if not (need_cost or need_latency):
             if latency and row.cpu_latency_ms is None:
-                row.cpu_latency_ms = cached_latency[_latency_key(row)]
+                row.cpu_latency_ms = known
             continue
         from attnviz.models.registry import create_model
 
@@ -285,12 +310,20 @@ def measure_costs(rows: list[ZooRow], *, latency: bool = True) -> list[ZooRow]:
             costs[_cost_key(row)] = {"params": row.params, "flops": row.flops}
         if need_latency:
             row.cpu_latency_ms = round(measure_latency(model), 3)
-            latencies[_latency_key(row)] = row.cpu_latency_ms
+            latencies[_latency_key(row)] = {"ms": row.cpu_latency_ms, "measured_at": stamp}
+            cached_latency[_latency_key(row)] = latencies[_latency_key(row)]  # one number per architecture
     if costs:
         _write_cache("costs.json", costs)
     if latencies:
         _write_cache("latency.json", latencies)
     return rows
+
+
+def latency_measured_at(rows: list[ZooRow]) -> str | None:
+    """When the latencies of ``rows`` were measured (the latest of their cache stamps)."""
+    cache = _read_cache("latency.json")
+    stamps = [stamp for row in rows if (stamp := _cached_latency(cache.get(_latency_key(row)))[1])]
+    return max(stamps) if stamps else None
 
 
 def spec_params(specs: list[str], num_classes: int = 10) -> dict[str, int | None]:
@@ -309,7 +342,8 @@ def spec_params(specs: list[str], num_classes: int = 10) -> dict[str, int | None
 
 def device_report(preference: str | None = None) -> dict:
     """Which device the app computes on and how fast it is: a float32 matrix-product rate measured here
-    (GFLOP/s) and the batch-1 ResNet-20 forward latency in ms."""
+    (GFLOP/s), and the zoo's CPU latencies (``measure_costs``: measured now for rows the cache lacks, so
+    at server start) of which the plain ResNet-20's is quoted; the Zoo table shows the same numbers."""
     import torch
 
     from attnviz.device import describe_device, pick_device
@@ -329,10 +363,14 @@ def device_report(preference: str | None = None) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / repeats
-    from attnviz.models.registry import create_model
+    rows = measure_costs(zoo_rows(with_latency=False))
+    reference = next((r.cpu_latency_ms for r in rows if r.spec == "resnet20" and r.num_classes == 10), None)
+    if reference is None:  # no plain ResNet-20 in this zoo: measure the architecture the same way
+        from attnviz.models.registry import create_model
 
-    model = create_model("resnet20").eval()
-    latency = measure_latency(model, repeats=10)
+        reference = round(measure_latency(create_model("resnet20").eval()), 3)
     return {"device": str(device), "description": describe_device(device),
-            "gflops": round(2 * n**3 / seconds / 1e9, 1), "resnet20_cpu_ms": round(latency, 2),
+            "gflops": round(2 * n**3 / seconds / 1e9, 1), "resnet20_cpu_ms": reference,
+            "latency_method": latency_method(), "latency_measured_at": latency_measured_at(rows),
+            "latencies": {f"{r.spec}|{r.num_classes}": r.cpu_latency_ms for r in rows},
             "threads": torch.get_num_threads()}

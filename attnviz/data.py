@@ -228,6 +228,17 @@ def list_datasets() -> list[str]:
 # entry point
 
 
+def portable_dataset_name(name: str) -> str:
+    """A dataset name without the machine's paths: ``imagefolder:/x/y/cifar10.tar.gz`` -> ``imagefolder:cifar10.tar.gz``.
+
+    Local runs keep the full name in their cards (so ``attnviz eval`` finds the data again); shipped
+    cards carry this form, since the path of the machine that trained them means nothing elsewhere.
+    """
+    if name.startswith("imagefolder:"):
+        return "imagefolder:" + name.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
+    return name
+
+
 def load_dataset(
     name: str,
     *,
@@ -266,9 +277,7 @@ def load_dataset(
         path = Path(raw_path).expanduser()
         if not path.exists():
             raise DatasetError(f"{path} does not exist.")
-        # the folder's own name, not its absolute path: cards are shipped and must not carry the path
-        # of the machine that trained them (the cache key below still uses the resolved path)
-        canonical = f"imagefolder:{path.resolve().name}"
+        canonical = f"imagefolder:{path.resolve()}"  # shipped cards get portable_dataset_name(...)
         return _load_folder_cached(path.resolve(), canonical, cache, image_size, test_fraction, use_cache)
     raise DatasetError(
         f"Unknown dataset '{name}' (use sample, cifar10, cifar100, mnist, fashionmnist or imagefolder:PATH)."

@@ -341,3 +341,27 @@ def denormalise(x: Any, card: Any) -> np.ndarray:
     std = np.asarray(_card_value(card, "std", [1.0] * chans), dtype=np.float32).reshape(1, 1, 1, -1)
     array = x.detach().cpu().float().numpy().transpose(0, 2, 3, 1)
     return np.clip(array * std + mean, 0.0, 1.0)
+
+
+LETTERBOX_FILL = (241, 243, 246)  # a light neutral grey: padding reads as "not part of the picture"
+
+
+def letterbox(image: Any, side: int, fill: tuple[int, int, int] = LETTERBOX_FILL) -> Image.Image:
+    """``image`` (PIL or uint8 array) fitted inside a ``side`` x ``side`` square, centred, aspect kept.
+
+    Any picture the loader accepts fits, 1x1 and 4000x2 included (each side of the fitted picture is at
+    least one pixel), so a page can show it at any width without an empty thumbnail. Small pictures are
+    enlarged with nearest-neighbour sampling (CIFAR's 32 px stay crisp pixels), large ones reduced with
+    Lanczos.
+    """
+    if not isinstance(side, int) or side < 1:
+        raise ImageError(f"letterbox side must be a positive integer, got {side!r}")
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    picture = picture.convert("RGB")
+    scale = side / max(picture.size)
+    size = (max(1, min(side, round(picture.width * scale))), max(1, min(side, round(picture.height * scale))))
+    resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.LANCZOS
+    fitted = picture.resize(size, resample)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(fitted, ((side - size[0]) // 2, (side - size[1]) // 2))
+    return canvas

@@ -124,6 +124,12 @@ def to_png(array: Any) -> bytes:
 
 
 def overlay_png(image: Any, heat: Any, colormap: str = DEFAULT_COLORMAP, opacity: float = 0.5,
-                vmin: float = 0.0, vmax: float = 1.0) -> bytes:
-    """``overlay`` encoded as PNG bytes."""
-    return to_png(overlay(image, heat, colormap, opacity, vmin, vmax))
+                vmin: float = 0.0, vmax: float = 1.0, canvas: int | None = None) -> bytes:
+    """``overlay`` encoded as PNG bytes; with ``canvas``, fitted into a square of that side
+    (``attnviz.images.letterbox``) so pictures of any aspect ratio make equal grid cells."""
+    blended = overlay(image, heat, colormap, opacity, vmin, vmax)
+    if canvas is not None:
+        from attnviz.images import letterbox
+
+        return to_png(letterbox(blended, canvas))
+    return to_png(blended)

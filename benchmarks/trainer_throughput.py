@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from attnviz.data import load_dataset  # noqa: E402
 from attnviz.device import describe_device, pick_device  # noqa: E402
 from attnviz.models.registry import create_model  # noqa: E402
-from attnviz.train import (  # noqa: E402
+from attnviz.training import (  # noqa: E402
     Recipe,
     augment_batch,
     cpu_supports_bf16,

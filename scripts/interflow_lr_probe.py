@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnviz.data import load_dataset  # noqa: E402
-from attnviz.train import Recipe, train  # noqa: E402
+from attnviz.training import Recipe, train  # noqa: E402
 
 
 def main() -> None:

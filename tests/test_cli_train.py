@@ -156,3 +156,13 @@ def test_one_epoch_on_the_sample_set_from_the_command_line(tmp_path):
     card = json.loads((out / "resnet20-se.json").read_text())
     assert measured["test_acc"] == card["metrics"]["test_acc"] and measured["n_test"] == 500
     assert card["metrics"]["test_acc"] > 0.15  # one epoch on 2,000 real images beats chance (0.10)
+
+
+def test_eval_of_a_shipped_card_without_data_asks_for_it_in_one_line(tmp_path, capsys):
+    from attnviz.checkpoints import SHIPPED_DIR
+
+    card = json.loads((SHIPPED_DIR / "resnet20.json").read_text())
+    assert card["dataset"] == "imagefolder:cifar10-jpeg.tar.gz"  # no path of the machine that trained it
+    assert main(["eval", str(SHIPPED_DIR / "resnet20.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "pass --data" in err[0]

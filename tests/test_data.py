@@ -130,7 +130,10 @@ def test_imagefolder_tarball_matches_folder(tmp_path):
     assert from_tar.class_names == from_folder.class_names
     assert torch.equal(from_tar.train_images, from_folder.train_images)
     assert torch.equal(from_tar.test_labels, from_folder.test_labels)
-    assert from_tar.name == f"imagefolder:{archive.name}"  # no absolute path in cards
+    assert from_tar.name == f"imagefolder:{archive.resolve()}"
+    from attnviz.data import portable_dataset_name
+
+    assert portable_dataset_name(from_tar.name) == "imagefolder:pets.tar.gz"  # what shipped cards carry
 
 
 def test_imagefolder_zip(tmp_path):

@@ -213,7 +213,7 @@ def test_interflow_tiny_report(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     from attnviz.data import load_dataset
-    from attnviz.train import Recipe, train
+    from attnviz.training import Recipe, train
 
     out = tmp_path_factory.mktemp("ckpt")
     data = load_dataset("sample").subset(8, 4)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from attnviz.errors import AttnvizError
-from attnviz.explain import (
+from attnviz.explanations import (
     CAM_METHODS,
     METHODS,
     ExcitationProfiles,

@@ -246,3 +246,21 @@ def test_input_geometry_forms():
     assert input_geometry({"input_size": [1, 28, 28]}) == (1, 28, 28)
     with pytest.raises(ImageError):
         input_geometry({"input_size": [1, 2, 3, 4]})
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3000, 2), (2, 2500), (48, 30)])
+def test_letterbox_fits_any_aspect_ratio_into_a_square(size):
+    from attnviz.images import LETTERBOX_FILL, letterbox
+
+    picture = Image.new("RGB", size, (200, 10, 10))
+    boxed = letterbox(picture, 224)
+    assert boxed.size == (224, 224)
+    pixels = np.asarray(boxed)
+    painted = (pixels == (200, 10, 10)).all(axis=2)
+    assert painted.any()  # the picture is in there, at least one pixel on each side
+    rows, cols = np.nonzero(painted)
+    long_side = max(size)
+    assert cols.max() - cols.min() + 1 == max(1, round(size[0] * 224 / long_side))
+    assert rows.max() - rows.min() + 1 == max(1, round(size[1] * 224 / long_side))
+    if size[0] != size[1]:
+        assert tuple(pixels[0, 0]) == LETTERBOX_FILL or tuple(pixels[-1, -1]) == LETTERBOX_FILL

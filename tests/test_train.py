@@ -1,4 +1,4 @@
-"""attnviz.train: determinism, cancel + resume, divergence, disk errors, atomic writes, statistics."""
+"""attnviz.training: determinism, cancel + resume, divergence, disk errors, atomic writes, statistics."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from attnviz.checkpoints import load_checkpoint, sha256_file
 from attnviz.data import load_dataset
 from attnviz.errors import AttnvizError, TrainingCancelled, TrainingDiverged, TrainingError
 from attnviz.models.registry import create_model
-from attnviz.train import (
+from attnviz.training import (
     Recipe,
     attention_statistics,
     augment_batch,
@@ -341,7 +341,7 @@ def test_zoo_train_all_skips_finished_entries_and_writes_the_readme(tiny, tmp_pa
 
 
 def test_precision_and_memory_format_fields_resolve_per_device_and_model():
-    from attnviz.train import cpu_supports_bf16, precision_label, resolve_precision
+    from attnviz.training import cpu_supports_bf16, precision_label, resolve_precision
 
     cpu = torch.device("cpu")
     plain, lgam = create_model("resnet20"), create_model("resnet20-lgam")
@@ -369,7 +369,7 @@ def test_card_records_training_precision_and_final_metrics_stay_float32(tiny, tm
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_a_clear_error(tiny, tmp_path):
-    from attnviz.train import cpu_supports_bf16
+    from attnviz.training import cpu_supports_bf16
 
     if cpu_supports_bf16():
         pytest.skip("this CPU has native bf16 kernels")
@@ -382,9 +382,25 @@ def test_zoo_ship_copies_a_finished_checkpoint_and_its_golden_logits(tiny, tmp_p
     from attnviz.zoo import ship
 
     result = train("resnet20", tiny, Recipe(**{**TINY, "epochs": 1}), tmp_path / "stage", device="cpu")
+    staged = json.loads(result.checkpoint.read_text())
+    staged["dataset"] = "imagefolder:/home/someone/data/cifar10-jpeg.tar.gz"  # as a local run records it
+    result.checkpoint.write_text(json.dumps(staged, indent=2))
     shipped = ship(result.checkpoint, tmp_path / "shipped", golden_dir=tmp_path / "golden")
-    assert shipped.read_bytes() == result.checkpoint.read_bytes()
+    # shipped cards name the data without the training machine's path; nothing else changes
+    assert json.loads(shipped.read_text()) == staged | {"dataset": "imagefolder:cifar10-jpeg.tar.gz"}
     golden = json.loads((tmp_path / "golden" / "resnet20.json").read_text())
     assert golden["weights_sha256"] == result.card["weights_sha256"] and len(golden["logits"]) == 10
     model, _ = load_checkpoint(shipped)  # the shipped copy loads (weights match the card's hash)
     assert model.spec == "resnet20"
+
+
+def test_zoo_ship_writes_the_variant_note_into_the_card(tiny, tmp_path):
+    from attnviz.zoo import ZOO_NOTES, ship
+
+    result = train("resnet20-sge:min_group_channels=4", tiny, Recipe(**{**TINY, "epochs": 1}), tmp_path / "stage",
+                   name="resnet20-sge", device="cpu")
+    shipped = ship(result.checkpoint, tmp_path / "shipped", golden_dir=tmp_path / "golden")
+    card = json.loads(shipped.read_text())
+    assert card["zoo_note"] == ZOO_NOTES["resnet20-sge"] and "min_group_channels=4" in card["zoo_note"]
+    model, _ = load_checkpoint(shipped)
+    assert model.spec == "resnet20-sge:min_group_channels=4"

@@ -14,7 +14,6 @@ st.markdown(
     "on this installation's zoo."
 )
 
-services.sidebar()
 # The papers' numbers as printed (quotations, not results of this code).
 FELU_TABLE_1 = [  # FeLU paper, table 1: MNIST, normalised inputs; metrics A-D over 5 runs (accuracy %)
     ("SoftPlus", 97.63, 97.76, 97.68, 97.89), ("Sigmoid", 97.53, 97.61, 97.60, 97.76),
@@ -144,7 +143,7 @@ with tab_tables:
 with tab_zoo:
     st.markdown(
         "- **Library**: `attnviz` (PyTorch). Modules in `attnviz/layers/`, backbones in `attnviz/models/`, "
-        "probes (`attnviz.probe`) read the taps, `attnviz.explain` wraps pytorch-grad-cam and captum.\n"
+        "probes (`attnviz.probe`) read the taps, `attnviz.explanations` wraps pytorch-grad-cam and captum.\n"
         "- **Checkpoints**: safetensors weights plus a JSON card (recipe, data, metrics, sha256); never "
         "pickles. Shipped ones in `checkpoints/`, your runs in `$ATTNVIZ_HOME/runs` (default `~/.attnviz/runs`).\n"
         "- **Command line**: `attnviz zoo`, `attnviz params`, `attnviz train`, `attnviz eval`, `attnviz inspect`.\n"

@@ -13,7 +13,6 @@ st.markdown(
     "ones, so an excitation unit that goes negative still receives a gradient instead of dying."
 )
 
-services.sidebar()
 registry = services.activation_registry()
 names = list(registry)
 left, right = st.columns([3, 2])

@@ -12,7 +12,7 @@ st.markdown("An SE block squeezes each channel to its mean and learns one weight
             "beside SE with FeLU, two pictures against each other, what each class excites on average, "
             "and how many excitation units are dead.")
 
-chosen = services.sidebar()
+chosen = services.chosen_models()
 zoo = services.zoo_by_id()
 se_models = [zoo[i] for i in chosen if zoo[i]["attention"] in ("se", "eca", "cbam")]
 if not se_models:
@@ -36,6 +36,9 @@ if not good:
     st.info("Pick one picture (or two, to compare them).")
     st.stop()
 digests = tuple(item["digest"] for item in good)
+picture_cols = st.columns(4)
+for col, item in zip(picture_cols, good, strict=False):
+    col.image(item["thumbnail"], caption=item["name"], width="stretch")
 
 probes = {}
 for m in se_models:
@@ -149,3 +152,6 @@ if dead:
                "negative value and a gradient (the FeLU paper's §2.1).")
 else:
     st.caption("Dead units are counted for SE models only (ECA and CBAM have no hidden excitation layer here).")
+
+# ------------------------------------------------------------------------------------------ interventions
+ui.intervention_panel(se_models, good, key="se")

@@ -9,7 +9,6 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-import services
 from attnviz.experiments import list_reports
 from attnviz.experiments.readings import reading_for
 
@@ -19,7 +18,6 @@ st.markdown(
     "as reports: each table of ours sits beside the paper's, and every number was produced by the command "
     "shown under *How this was made*. Run your own with `attnviz experiment run NAME --budget small`."
 )
-services.sidebar()
 
 
 def _cell(value):

@@ -9,7 +9,7 @@ st.title("Inspect an image")
 st.markdown("Pick pictures, then compare what each chosen model predicts and *where* it looks: one row per "
             "picture, one column per model. Deletion/insertion scores under each map say how faithful it is.")
 
-chosen = services.sidebar()
+chosen = services.chosen_models()
 zoo = services.zoo_by_id()
 if not chosen:
     st.info("Choose at least one model in the sidebar (or tick rows on the Zoo page).")
@@ -82,7 +82,7 @@ for index, item in enumerate(good):
     if not probs:
         break
     left, right = st.columns([1, 5], vertical_alignment="center")
-    left.image(item["display"], caption=item["name"], width=120)
+    left.image(item["thumbnail"], caption=item["name"], width=120)
     right.plotly_chart(ui.topk_figure(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
                        key=f"inspect_topk_{index}")
 st.caption("Top-5 classes of each model for each picture: look for models that agree, and for how sure "
@@ -116,7 +116,7 @@ def heat_map_grid() -> None:
             cells[1].warning(f"{item['name']} could not be used: {item['error']}.", icon=":material/broken_image:")
             continue
         index = good_index[item["digest"]]
-        cells[0].image(item["display"], caption=item["name"], width=160)
+        cells[0].image(item["thumbnail"], caption=item["name"], width="stretch")  # never wider than its column
         for note in item["notes"]:
             cells[0].caption(note)
         for col, m in zip(cells[1:], models, strict=False):

@@ -11,7 +11,7 @@ st.markdown("Interflow gives every stage of the backbone its own small classifie
             "scores) and learns how much to trust each: **soft** learns one weight per branch, **per_class** "
             "one per branch and class, **hard** uses fixed weights. The final scores are the weighted sum.")
 
-chosen = services.sidebar()
+chosen = services.chosen_models()
 zoo = services.zoo_by_id()
 models = ui.pick_models(chosen, zoo, services.zoo_rows(), wanted=lambda r: r["interflow"] != "-",
                         fallback_specs=["resnet20-interflow-soft", "resnet20-interflow-per_class"], what="an Interflow head")
@@ -49,7 +49,7 @@ for model in models:
 
     st.header(f"{model['name']} · {mode}")
     left, right = st.columns([1, 3])
-    left.image(item["display"], caption=item["name"], width="stretch")
+    left.image(item["thumbnail"], caption=item["name"], width="stretch")
     final_top = int(np.argmax(final_probs))
     left.metric("final prediction", class_names[final_top], f"{final_probs[final_top]:.0%}", delta_color="off")
     with right:
@@ -97,3 +97,5 @@ for model in models:
             col.image(png, caption=f"{label} · {class_names[e['target']]}", width="stretch")
         st.caption("Grad-CAM of the final output (left) and of each branch's own score for the same class at "
                    "its own stage: shallow branches look at fine texture, deep ones at whole objects.")
+
+ui.intervention_panel(models, good, key="interflow")  # switch a branch off, or keep one alone

@@ -12,7 +12,7 @@ st.markdown("LGAM splits a block's channels into G groups, weights each group's 
             "all positions with one spatial map built from the channel sum (eqs. 5-6) and adds the input back "
             "(eq. 7).")
 
-chosen = services.sidebar()
+chosen = services.chosen_models()
 zoo = services.zoo_by_id()
 models = ui.pick_models(chosen, zoo, services.zoo_rows(), wanted=lambda r: r["attention"] == "lgam",
                         fallback_specs=["resnet20-lgam"], what="LGAM")
@@ -64,7 +64,12 @@ for model in models:
     probs = result["probs"][0]
     top = int(np.argmax(probs))
     st.header(model["name"])
-    st.markdown(f"Prediction for **{item['name']}**: **{class_names[top] if top < len(class_names) else top}** "
+    note = services.zoo_note(model["path"], model["weights_sha256"])
+    if note:
+        st.caption(f"Which LGAM this is: {note}")
+    picture, prediction = st.columns([1, 4], vertical_alignment="center")
+    picture.image(item["thumbnail"], caption=item["name"], width="stretch")
+    prediction.markdown(f"Prediction for **{item['name']}**: **{class_names[top] if top < len(class_names) else top}** "
                 f"({probs[top]:.0%}).")
 
     st.subheader("Spatial map of every site")
@@ -102,3 +107,5 @@ for model in models:
         f"{spatial.mean():.2f}); the output A'' = A'·M_spat + A has ‖A''‖ = **{a2:.1f}**."
     )
     st.caption("Norms are L2 norms of the whole feature map for this one picture (recorded by attnviz's probe).")
+
+ui.intervention_panel(models, good, key="lgam")  # switch a site's spatial mask off and watch the prediction

@@ -10,7 +10,7 @@ st.markdown("Runs go to a background process on this server, one at a time: a se
             "queue and is told so. Finished runs appear in the **Zoo** next to the shipped models. The "
             "default — one epoch of ResNet-20 on the shipped 2,000-image sample — takes about a minute on a laptop CPU.")
 
-chosen = services.sidebar()
+chosen = services.chosen_models()
 jobs = services.training_jobs()
 running_id, queued_ids = jobs.running(), jobs.queue()
 if running_id:

@@ -11,7 +11,7 @@ st.title("Model zoo")
 st.markdown("Every model this installation can show. Tick rows to compare them: the choice holds on every "
             "page and is kept in the page address, so a view can be shared by copying the URL.")
 
-chosen = services.sidebar()
+chosen = services.chosen_models()
 with st.spinner("Counting parameters and FLOPs and timing each model on the CPU (once; cached afterwards)..."):
     rows = services.zoo_rows_with_costs()
 
@@ -43,9 +43,11 @@ st.dataframe(
     selection_default={"selection": {"rows": [i for i, row_id in enumerate(ids) if row_id in chosen]}},
     column_config=ui.ZOO_COLUMNS,
 )
-st.caption("Test accuracy is what the trainer measured on the dataset's test split (in the model card); "
-           "CPU latency is the median batch-1 forward time on this machine. Look at what each module "
-           "costs (params, FLOPs, ms) against what it buys (accuracy).")
+report = services.device_report()
+st.caption("Test accuracy is what the trainer measured on the dataset's test split (in the model card). "
+           f"CPU ms: {report['latency_method']}, measured {report['latency_measured_at'] or 'at server start'} "
+           "on this machine before any page ran (the sidebar's ResNet-20 figure is the same measurement). "
+           "Look at what each module costs (params, FLOPs, ms) against what it buys (accuracy).")
 
 if not chosen:
     st.info("Tick one or more rows to compare them here and on the other pages.")
@@ -53,6 +55,10 @@ if not chosen:
 
 picked = [r for r in rows if r["id"] in chosen]
 st.subheader("The chosen models")
+for r in picked:
+    note = services.zoo_note(r["path"], r["weights_sha256"])
+    if note:
+        st.info(f"**{r['name']}** (`{r['spec']}`): {note}", icon=":material/tune:")
 left, right = st.columns(2)
 with left:
     scored = [r for r in picked if r["test_acc"] is not None]

@@ -1,7 +1,7 @@
 """``attnviz eval CHECKPOINT``: accuracy, per-class accuracy, loss and n on a dataset's test split.
 
 The checkpoint's own preprocessing is used (its card's channels, mean and std), and the measurement is
-:func:`attnviz.train.evaluate` on the CPU in float32 — the same call that wrote the card's metrics at
+:func:`attnviz.training.evaluate` on the CPU in float32 — the same call that wrote the card's metrics at
 the end of training, so a card's ``metrics.test_acc`` is reproduced exactly. ``--data`` defaults to the
 dataset named in the card.
 """
@@ -28,13 +28,19 @@ def evaluate_checkpoint(checkpoint, data=None, device="cpu", data_root=None) -> 
     from attnviz.data import load_dataset, match_channels
     from attnviz.device import pick_device
     from attnviz.errors import DatasetError
-    from attnviz.train import evaluate
+    from attnviz.training import evaluate
 
     model, card = load_checkpoint(checkpoint)
     name = data or card.get("dataset")
     if not name:
         raise DatasetError("The model card names no dataset; pass --data.")
-    dataset = load_dataset(name, data_root=data_root) if isinstance(name, str) else name
+    try:
+        dataset = load_dataset(name, data_root=data_root) if isinstance(name, str) else name
+    except DatasetError as err:
+        if data is not None:
+            raise
+        raise DatasetError(f"The card's dataset ({name}) cannot be loaded here ({err}); pass --data, e.g. "
+                           "--data imagefolder:PATH/cifar10-jpeg.tar.gz.") from err
     class_names = card.get("class_names") or []
     if dataset.num_classes != int(card["num_classes"]) or (class_names and class_names != dataset.class_names):
         raise DatasetError(

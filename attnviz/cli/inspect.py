@@ -30,7 +30,7 @@ CIFAR10_CARD = {
 
 
 def register(sub) -> None:
-    from attnviz.explain import METHODS
+    from attnviz.explanations import METHODS
 
     parser = sub.add_parser("inspect", help="predictions, attention summaries and CAMs for images")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, BMP, TIFF)")
@@ -157,7 +157,7 @@ def run(args) -> int:
     import torch
 
     from attnviz.device import pick_device
-    from attnviz.explain import canonical_method, explain
+    from attnviz.explanations import canonical_method, explain
     from attnviz.images import preprocess, read_image
     from attnviz.overlay import overlay_png
     from attnviz.probes import probe

@@ -52,7 +52,7 @@ def register(sub) -> None:
 
 
 def recipe_from_args(args):
-    from attnviz.train import Recipe
+    from attnviz.training import Recipe
 
     values = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
@@ -116,7 +116,7 @@ class _ProgressBar:
 
 def run(args) -> int:
     from attnviz.errors import TrainingCancelled, TrainingDiverged, TrainingError
-    from attnviz.train import train
+    from attnviz.training import train
 
     recipe = recipe_from_args(args)
     data = args.data

@@ -45,7 +45,7 @@ from attnviz.experiments.base import (
     save_figure,
 )
 from attnviz.experiments.metrics import mean_std
-from attnviz.train import Recipe
+from attnviz.training import Recipe
 
 STUDY = "interflow"
 TITLE = "Interflow's aggregation: hard vs soft vs per-class"

@@ -3,7 +3,7 @@
 The papers compare modules with one number each (one run, different backbones and schedules: LGAM
 table 3 uses ResNet-18, the FeLU paper a deeper ResNet). Here every module sits in the same
 ResNet-20 (inside each residual block, before the addition; BAM after stages 1-2 as in its paper),
-trained with one recipe (``attnviz.train.Recipe``: SGD-Nesterov, one-cycle, batch and epochs per
+trained with one recipe (``attnviz.training.Recipe``: SGD-Nesterov, one-cycle, batch and epochs per
 budget, crop+flip augmentation) with several seeds, so each module gets a mean and a standard
 deviation of its test error, and a difference is only called a difference when it exceeds the
 seed-to-seed spread: ``|mean_module - mean_reference| > 2 x pooled std`` (see

@@ -1,4 +1,4 @@
-"""Training units for the ``modules`` and ``interflow`` studies, through the one trainer (``attnviz.train``).
+"""Training units for the ``modules`` and ``interflow`` studies, through the one trainer (``attnviz.training``).
 
 Data: the study's CIFAR-10 source is ``$ATTNVIZ_EXPERIMENT_CIFAR10`` when set (any name
 ``attnviz.data.load_dataset`` accepts, e.g. ``imagefolder:/data/cifar10-jpeg.tar.gz`` or ``cifar10``),
@@ -49,8 +49,8 @@ def load_cifar(budget: str, per_class: tuple[int, int] | None):
 
 
 def inference_seconds(model: torch.nn.Module, dataset, device: torch.device) -> float:
-    """Wall time of one pass over the test split (``attnviz.train.evaluate``: batches of 500, float32)."""
-    from attnviz.train import evaluate
+    """Wall time of one pass over the test split (``attnviz.training.evaluate``: batches of 500, float32)."""
+    from attnviz.training import evaluate
 
     evaluate(model, dataset.test_images[:64], dataset.test_labels[:64], dataset.mean, dataset.std,
              num_classes=dataset.num_classes, device=device)  # warm-up (allocator, kernels)
@@ -69,7 +69,7 @@ def train_unit(spec: str, dataset, recipe, work_dir: Path, key: str, device: tor
     from attnviz.checkpoints import load_checkpoint
     from attnviz.experiments.base import safe_key
     from attnviz.stats import count_params
-    from attnviz.train import train
+    from attnviz.training import train
 
     # The run's name carries a hash of what defines it, so the trainer's resume never continues a
     # stale run of another recipe or data set left in .work/ by an earlier version of the study.
@@ -111,10 +111,10 @@ def run_training_units(study, units: list[tuple[str, str, int]], dataset, data_l
                        epochs: int, batch_size: int, measure=None) -> list[dict]:
     """Train every ``(key, spec, seed)`` unit with the studies' shared recipe; results in ``units`` order.
 
-    The recipe is ``attnviz.train.Recipe`` at its defaults with the budget's epochs and batch size; a
+    The recipe is ``attnviz.training.Recipe`` at its defaults with the budget's epochs and batch size; a
     unit already saved for the same config (spec, data, recipe, device type) is reused.
     """
-    from attnviz.train import Recipe
+    from attnviz.training import Recipe
 
     results = []
     for done, (key, spec, seed) in enumerate(units):

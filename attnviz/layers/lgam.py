@@ -26,6 +26,13 @@ feeds every group's output into the next, so the last group carries up to ~2^G t
 initialisation a ResNet-20's stage outputs are ~4x larger with LGAM (std 5.1 vs 1.2 at layer3;
 tests/test_layers.py checks > 3x). With the study's small-budget recipe 2 of 3 seeds of the paper's
 LGAM stalled near chance, none with ``ladder=False``.
+Remedy (issue 11; the module itself unchanged): build the network with ``zero_init_residual=true``
+(``resnet20-lgam:zero_init_residual=true``: the last BN of every residual branch starts at gamma = 0,
+Goyal et al. 2017), so every block, LGAM included, starts as the identity and the ladder's gain cannot
+compound at initialisation; then 0 of 3 small-budget seeds stalled (reports/modules, ``lgam-zeroinit``).
+The shipped zoo entry uses it. Eq. (5)'s channel sum still drives M_spat to its bounds for most
+positions in trained networks (the study reports the saturated fraction; ``spatial_reduce="mean"``
+lowers it).
 """
 
 from __future__ import annotations

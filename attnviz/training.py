@@ -82,7 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnviz.data import ImageDataset, load_dataset, match_channels, preprocess
+from attnviz.data import ImageDataset, load_dataset, match_channels, portable_dataset_name, preprocess
 from attnviz.errors import (
     AttnvizError,
     CheckpointError,
@@ -912,7 +912,7 @@ class _Run:
         except CheckpointError:
             return None
         if (card.get("status") == "complete" and card.get("spec") == self.spec
-                and card.get("dataset") == self.data.name
+                and portable_dataset_name(str(card.get("dataset"))) == portable_dataset_name(self.data.name)
                 and (card.get("recipe") or {}).get("epochs") == self.recipe.epochs):
             card["path"] = str(card_path)
             return card_path, card

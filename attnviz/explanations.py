@@ -135,9 +135,11 @@ def _device(model: nn.Module) -> torch.device:
 
 @contextlib.contextmanager
 def borrowed(model: nn.Module) -> Iterator[nn.Module]:
-    """Hold the model's lock; inside, parameters do not require grad and the model may be put in eval
-    mode; on exit every flag and mode is restored exactly."""
-    with model_lock(model):
+    """Hold the model's lock; inside, parameters do not require grad, the model may be put in eval mode,
+    and gradients are enabled (also under a caller's ``torch.no_grad()``, ``set_grad_enabled(False)``
+    or ``inference_mode()``: an explanation back-propagates); on exit every flag, mode and the caller's
+    grad state are restored exactly."""
+    with model_lock(model), torch.inference_mode(False), torch.enable_grad():
         # Only what differs is recorded and restored (shared app models are already frozen and in
         # eval mode, so this costs next to nothing for them).
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -294,10 +296,10 @@ def _run_attribution(method: str, forward: nn.Module, x: torch.Tensor,
 def _explain_one_model(name: str, model: nn.Module, x: torch.Tensor, target: Any, method: str,
                        layer: str | None, branches: bool) -> list[Explanation]:
     device = _device(model)
-    x = x.to(device)
     batch = x.shape[0]
     results: list[Explanation] = []
     with borrowed(model):
+        x = x.to(device).clone()  # an inference-mode tensor becomes one autograd can use
         needs_logits = isinstance(target, (tuple, list)) and len(target) == 2 and target[0] == "topk"
         needs_logits = needs_logits or (method in ATTRIBUTION_METHODS and isinstance(target, str))
         logits = None

@@ -1,0 +1,119 @@
+"""Issue 12: a user's own pictures reach every page that takes uploads, first, none dropped silently,
+and pictures of any size and aspect ratio the loader accepts never crash a page."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+UPLOAD_PAGES = {  # page -> (uploader key, pictures it analyses at once)
+    "views/inspect_image.py": ("inspect_upload", 8),
+    "views/channel_attention.py": ("se_upload", 2),
+    "views/lgam.py": ("lgam_upload", 1),
+    "views/interflow.py": ("interflow_upload", 1),
+}
+
+
+def _png(size=(40, 30), seed=0) -> bytes:
+    array = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _captions(at) -> list[str]:
+    return [img.caption for element in at.get("image") for img in element.proto.imgs]
+
+
+def _upload(at, key: str, files: list[tuple[str, bytes]], multiple: bool):
+    values = [(name, data, "image/png") for name, data in files]
+    at.file_uploader(key=key).set_value(values if multiple else values[0]).run()
+    return at
+
+
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
+@pytest.mark.parametrize("page", list(UPLOAD_PAGES))
+def test_an_upload_replaces_the_gallery_defaults_and_is_analysed(app, page):
+    key, limit = UPLOAD_PAGES[page]
+    at = app.switch_page(page).run()
+    defaults = list(at.multiselect(key=key.replace("_upload", "_gallery")).value)
+    assert defaults  # the gallery shows something before anything is uploaded
+    files = [(f"mine-{i}.png", _png(seed=i)) for i in range(min(limit, 2))]
+    _upload(at, key, files, multiple=limit > 1)
+    assert not at.exception, [e.value for e in at.exception]
+    captions = " ".join(_captions(at))
+    for name, _ in files:
+        assert name in captions, f"{name} was not shown on {page}"
+    # the gallery's preselected pictures made way for the user's own
+    for label in defaults[:limit]:
+        assert label not in captions
+
+
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
+@pytest.mark.parametrize("page", list(UPLOAD_PAGES))
+@pytest.mark.parametrize("size", [(1, 1), (3000, 2), (2, 2500)])
+def test_any_size_and_aspect_ratio_survives(app, page, size):
+    key, limit = UPLOAD_PAGES[page]
+    at = app.switch_page(page).run()
+    _upload(at, key, [(f"odd-{size[0]}x{size[1]}.png", _png(size))], multiple=limit > 1)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert f"odd-{size[0]}x{size[1]}.png" in " ".join(_captions(at))
+
+
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
+def test_inspect_keeps_every_upload_and_offers_a_choice_past_its_limit(app):
+    at = app.switch_page("views/inspect_image.py").run()
+    seven = [(f"p{i}.png", _png(seed=i)) for i in range(7)]
+    _upload(at, "inspect_upload", seven, multiple=True)
+    assert not at.exception
+    captions = " ".join(_captions(at))
+    assert all(name in captions for name, _ in seven)  # all seven, gallery defaults gone
+    assert not any("not analysed now" in i.value for i in at.info)
+    ten = [(f"q{i}.png", _png(seed=10 + i)) for i in range(10)]
+    _upload(at, "inspect_upload", ten, multiple=True)
+    assert not at.exception
+    picker = at.multiselect(key="inspect_analyse")
+    assert len(picker.options) == 10 and picker.value == [name for name, _ in ten[:8]]
+    notice = [i.value for i in at.info if "not analysed now" in i.value]
+    assert notice and "q8.png" in notice[0] and "q9.png" in notice[0]
+    picker.set_value(["q9.png", "q0.png"]).run()  # the user picks which ones
+    captions = " ".join(_captions(at))
+    assert "q9.png" in captions and "q1.png" not in captions
+
+
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
+def test_the_latest_upload_comes_first(app):
+    at = app.switch_page("views/channel_attention.py").run()
+    _upload(at, "se_upload", [("older.png", _png(seed=1))], multiple=True)
+    _upload(at, "se_upload", [("older.png", _png(seed=1)), ("newer.png", _png(seed=2))], multiple=True)
+    assert not at.exception
+    subheaders = [s.value for s in at.subheader]
+    assert any("newer.png" in s and s.index("newer.png") < s.index("older.png") for s in subheaders if "vs" in s), \
+        subheaders
+
+
+def test_class_profile_legend_sits_below_the_axes_not_over_the_title():
+    import components as ui
+
+    fig = ui.profiles_figure(np.random.default_rng(0).random((10, 16)), [f"class {i}" for i in range(10)],
+                             title="early: layer1.0 · specialisation 0.79")
+    assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
+    assert fig.layout.title.text.startswith("early")
+
+
+@pytest.mark.slow  # measures every zoo model once (cached on disk afterwards)
+def test_zoo_latency_and_sidebar_latency_are_one_measurement(app):
+    import services
+
+    at = app.switch_page("views/zoo.py").run()
+    assert not at.exception
+    report = services.device_report()
+    rows = {r["spec"]: r for r in services.zoo_rows_with_costs() if r["source"] == "shipped"}
+    assert rows["resnet20"]["cpu_latency_ms"] == report["resnet20_cpu_ms"]
+    caption = " ".join(c.value for c in at.sidebar.caption)
+    assert f"{report['resnet20_cpu_ms']:.1f} ms" in caption and "median of 20" in caption
+    assert any("median of 20" in c.value for c in at.caption)
