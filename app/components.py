@@ -557,9 +557,10 @@ def intervention_panel(models: list[dict], pictures: list[dict], *, key: str) ->
         c_before, c_after, c_bars = st.columns([1, 1, 2])
         c_before.image(services.overlay_png(item["display"], effect["heatmaps_before"][index], "jet", 0.5),
                        caption=f"before · {class_names[target]} {before[target]:.0%}", width="stretch")
+        said = (f"{class_names[new]} {after[new]:.0%}" if new == target
+                else f"now says {class_names[new]} {after[new]:.0%} · {class_names[target]} {after[target]:.0%}")
         c_after.image(services.overlay_png(item["display"], effect["heatmaps_after"][index], "jet", 0.5),
-                      caption=f"after · {class_names[new]} {after[new]:.0%} · {class_names[target]} {after[target]:.0%}",
-                      width="stretch")
+                      caption=f"after · {said}", width="stretch")
         c_bars.plotly_chart(topk_figure({"before": before, "after": after}, class_names, ["#64748b", "#c2410c"], k=4),
                             key=f"{key}_iv_bars_{index}")
     st.caption(f"{effect['describe']} ({model['name']}): the prediction changed for {changed} of {len(pictures)} "
