@@ -20,7 +20,8 @@ Speed
   runs the model. No DataLoader, no worker processes.
 - Precision (``Recipe.precision``/``memory_format``, resolved by :func:`resolve_precision`): ``auto`` =
   bf16 autocast on CUDA and on a CPU with native bf16 kernels (AVX512-BF16/AMX), else float32;
-  channels_last on CUDA and on the CPU except for the kinds in ``CONTIGUOUS_ON_CPU`` (measured slower).
+  channels_last on CUDA and on the CPU except, under bf16 on a CPU, the kinds in
+  ``CONTIGUOUS_ON_CPU_BF16`` (measured slower).
   The card records it as ``training_precision``; its final ``metrics`` are always float32.
 - CPU: ``torch.set_num_threads`` = the cores this process may use (divided among DDP ranks).
 - CUDA: ``cudnn.benchmark``, optional ``torch.compile``; the non-finite
@@ -98,11 +99,12 @@ OPTIMIZERS = ("sgd", "nesterov")
 SCHEDULES = ("onecycle", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-# Attention kinds whose training step is slower in channels_last on a CPU: measured with
-# benchmarks/trainer_throughput.py (resnet20-lgam, bf16: 722 img/s contiguous vs 539 channels_last;
-# its per-group slicing and channel reductions force layout copies). ``memory_format="auto"`` keeps
-# these contiguous on a CPU and uses channels_last for everything else.
-CONTIGUOUS_ON_CPU = ("lgam",)
+# Attention kinds whose training step is slower in channels_last under bf16 autocast on a CPU (issue 11,
+# an AVX512-BF16 machine: resnet20-lgam 722 img/s contiguous vs 539 channels_last; its per-group
+# slicing and channel reductions force layout copies). In float32 channels_last was faster for every
+# kind on the 2-core AVX2 build machine (benchmarks/trainer_throughput.py prints both formats).
+# ``memory_format="auto"`` keeps these contiguous only for bf16 on a CPU; channels_last otherwise.
+CONTIGUOUS_ON_CPU_BF16 = ("lgam",)
 
 Callback = Callable[[dict], None]
 
@@ -131,7 +133,7 @@ class Recipe:
     # auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), float32 otherwise.
     # BatchNorm, the loss and the optimizer stay float32 (autocast's own op lists decide per op).
     precision: str = "auto"  # auto | fp32 | bf16
-    memory_format: str = "auto"  # auto | contiguous | channels_last (auto: see CONTIGUOUS_ON_CPU)
+    memory_format: str = "auto"  # auto | contiguous | channels_last (auto: see CONTIGUOUS_ON_CPU_BF16)
     compile: bool = False
     deterministic: bool = False  # CUDA only: deterministic kernels
     probe_size: int = 256
@@ -231,7 +233,8 @@ def resolve_precision(recipe: Recipe, device: torch.device, model: nn.Module) ->
         dtype = torch.bfloat16 if fast else None
     if recipe.memory_format == "auto":
         kinds = {getattr(module, "attn_kind", None) for module in model.modules()}
-        channels_last = device.type == "cuda" or (device.type == "cpu" and not kinds & set(CONTIGUOUS_ON_CPU))
+        slower = device.type == "cpu" and dtype is not None and kinds & set(CONTIGUOUS_ON_CPU_BF16)
+        channels_last = device.type in ("cuda", "cpu") and not slower
     else:
         channels_last = recipe.memory_format == "channels_last"
     return dtype, channels_last

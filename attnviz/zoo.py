@@ -15,8 +15,8 @@ Shared recipe (:data:`ZOO_RECIPE`, issue 11): 50 epochs, batch 128, SGD with Nes
 one-cycle schedule rising from lr/25 to 0.2 over the first 20% of the steps then falling linearly to 0,
 weight decay 5e-4 on weights (not BN/bias), label smoothing 0.1, random crop (pad 4) + flip, seed 0,
 ``precision="auto"`` (bf16 autocast where the CPU has native bf16 kernels or on CUDA; float32 on a CPU
-without them, where emulated bf16 is ~10x slower) and ``memory_format="auto"`` (channels_last except
-LGAM on a CPU). Interflow's learned aggregation weights train at 0.1 x the lr with no weight decay
+without them, where emulated bf16 is far slower: ``benchmarks/trainer_throughput.py`` times both) and
+``memory_format="auto"`` (channels_last, except LGAM under bf16 on a CPU). Interflow's learned aggregation weights train at 0.1 x the lr with no weight decay
 (``interflow_weight_lr_scale``: at the full lr they collapsed towards 0 within the first epoch and the
 network stalled at 18.5%). Batch 128 rather than 256: on the 2-core AVX2 build machine one ResNet-20
 step ran at 246 img/s at batch 128 vs 224 at 256 (float32, channels_last), and it takes twice the steps

@@ -43,7 +43,7 @@ def register(sub) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                         help="auto (default): bf16 autocast on CUDA or a CPU with native bf16, else float32")
     parser.add_argument("--memory-format", choices=["auto", "contiguous", "channels_last"], default=None,
-                        help="auto (default): channels_last except where measured slower (LGAM on a CPU)")
+                        help="auto (default): channels_last except where measured slower (LGAM under bf16 on a CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--data-root", default=None, help="where named datasets are (default $ATTNVIZ_DATA)")
     parser.add_argument("--resume", action="store_true", help="continue the unfinished run OUT/NAME")
