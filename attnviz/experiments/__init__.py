@@ -83,8 +83,9 @@ STUDIES: dict[str, Study] = {
         "Adebayo et al. 2018: cascading and independent re-initialisation of every zoo checkpoint (Grad-CAM, Grad-CAM++, "
         "Saliency, Guided Backprop, Integrated Gradients, and the modules' readouts), plus a true- vs shuffled-label pair.",
         {"tiny": "10 test pictures, 1 checkpoint, Grad-CAM and Saliency (seconds)",
-         "small": "20 test pictures, every CIFAR-10 checkpoint, 5 methods, stage by stage; a ResNet-20 pair trained "
-                  "30 epochs on 500 sample images with true / shuffled labels",
+         "small": "10 test pictures (one per class), every CIFAR-10 checkpoint, 5 methods (Integrated Gradients in the "
+                  "cascading test only), stage by stage; a ResNet-20 pair trained 30 epochs on 500 sample images with "
+                  "true / shuffled labels",
          "full": "100 test pictures, block by block, 8 methods, the label pair on 2,000 images for 60 epochs"},
     ),
     "interventions": Study(
