@@ -39,11 +39,15 @@ SHIPPED_DIR = REPO_ROOT / "checkpoints"
 
 
 def attnviz_home() -> Path:
-    """Per-user state (runs, caches): ``$ATTNVIZ_HOME`` or ``~/.attnviz``."""
-    return Path(os.environ.get("ATTNVIZ_HOME", Path.home() / ".attnviz")).expanduser()
+    """Per-user state (runs, caches): ``$ATTNVIZ_HOME`` or, when unset or empty, ``~/.attnviz``.
+
+    The one definition: the trainer, the app's jobs, the catalog and its caches all call this.
+    """
+    return Path(os.environ.get("ATTNVIZ_HOME") or Path.home() / ".attnviz").expanduser()
 
 
 def runs_dir() -> Path:
+    """Where training runs go (``$ATTNVIZ_HOME/runs``), which ``list_checkpoints`` scans."""
     return attnviz_home() / "runs"
 
 

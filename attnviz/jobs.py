@@ -36,6 +36,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from attnviz.checkpoints import attnviz_home, runs_dir
 from attnviz.errors import AttnvizError, DatasetError
 
 DATASET_CHOICES = ("sample", "cifar10", "cifar100", "mnist", "fashionmnist")
@@ -44,16 +45,6 @@ MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_MEMBERS = 20_000
 MAX_UPLOAD_UNCOMPRESSED = 256 * 1024 * 1024
 TERMINAL_STATES = ("finished", "failed", "cancelled", "diverged", "interrupted")
-
-
-def attnviz_home() -> Path:
-    """``$ATTNVIZ_HOME`` or ``~/.attnviz`` (the same rule as ``attnviz.checkpoints.attnviz_home``)."""
-    return Path(os.environ.get("ATTNVIZ_HOME") or Path.home() / ".attnviz").expanduser()
-
-
-def runs_dir() -> Path:
-    """Where the app's training runs go: ``$ATTNVIZ_HOME/runs``, which ``list_checkpoints`` scans."""
-    return attnviz_home() / "runs"
 
 
 def uploads_dir() -> Path:

@@ -2,6 +2,7 @@ import hashlib
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +172,15 @@ def test_list_checkpoints_reads_env_folder(saved, tmp_path, monkeypatch):
 def test_bad_names_refused(tmp_path):
     with pytest.raises(CheckpointError):
         save_checkpoint(create_model("resnet20"), tmp_path, "../escape", {})
+
+
+def test_one_home_rule_for_runs_caches_and_jobs(monkeypatch, tmp_path):
+    from attnviz import jobs
+    from attnviz.catalog import cache_dir
+    from attnviz.checkpoints import attnviz_home, runs_dir
+
+    monkeypatch.setenv("ATTNVIZ_HOME", "")  # empty means unset, everywhere
+    assert attnviz_home() == Path.home() / ".attnviz"
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path))
+    assert runs_dir() == tmp_path / "runs" == jobs.runs_dir() and cache_dir() == tmp_path / "cache"
+    assert jobs.attnviz_home is attnviz_home
