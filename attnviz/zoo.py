@@ -32,6 +32,7 @@ and regenerates ``README.md`` in the output folder from the cards.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -80,7 +81,7 @@ ZOO_RECIPE = Recipe(epochs=50, batch_size=128, lr=0.2, optimizer="nesterov", mom
                     precision="auto", memory_format="auto")
 
 RETRAIN_COMMAND = (f"python scripts/train_zoo.py --data {DEFAULT_DATA} --out runs/zoo --ship-to checkpoints"
-                   " --lanes 2")
+                   " --handoff checkpoints/training-state --lanes 2")
 
 
 def accuracy_bar(spec: str) -> float:
@@ -131,7 +132,7 @@ def _claim(out: Path, name: str) -> Path | None:
 def train_all(data: str = DEFAULT_DATA, out_dir: str | Path | None = None, only: list[str] | None = None,
               device: str | None = None, recipe: Recipe | None = None, log=None,
               ship_to: str | Path | None = None, claim: bool = False,
-              cancel_event=None) -> dict[str, str]:
+              cancel_event=None, handoff: str | Path | None = None) -> dict[str, str]:
     """Train every zoo entry (or ``only`` those names) into ``out_dir``; returns {name: outcome}.
 
     Unattended and resumable: finished entries are skipped, interrupted ones resume, a failing entry
@@ -140,6 +141,10 @@ def train_all(data: str = DEFAULT_DATA, out_dir: str | Path | None = None, only:
     there with its golden logits the moment it completes, so the shipped folder never holds a
     half-trained model, and ``ship_to/README.md`` is regenerated. With ``claim``, an entry is only
     trained by the process that creates ``out_dir/NAME.claim`` first (parallel lanes, see ``--lanes``).
+    With ``handoff`` (a folder that is committed, e.g. ``checkpoints/training-state``), an entry whose
+    staging folder has no resume state starts from ``handoff/NAME.trainstate`` when there is one, an
+    interrupted entry leaves its state there, and a finished one removes it: a session that ends
+    hands its unfinished training to the next one through the repository.
     """
     from attnviz.data import load_dataset
 
@@ -174,9 +179,16 @@ def train_all(data: str = DEFAULT_DATA, out_dir: str | Path | None = None, only:
                     log(f"{name}: training {event['spec']} on {event['n_train']} images, {event['device']}"
                         + (f", resumed at {event['resumed_at']}" if event.get("resumed_at") else ""))
 
+            handed = Path(handoff) / f"{name}.trainstate" if handoff is not None else None
+            staged = out / f"{name}.trainstate"
+            if handed is not None and handed.exists() and not staged.exists():
+                shutil.copyfile(handed, staged)
+                log(f"{name}: resuming from the handed-off state {handed}")
             try:
                 result = train(spec, dataset, recipe, out, name, callback=report, device=device, resume=True,
                                cancel_event=cancel_event)
+                if handed is not None:
+                    handed.unlink(missing_ok=True)
                 acc = result.card["metrics"]["test_acc"]
                 outcomes[name] = f"complete: test acc {acc:.4f}"
                 if ship_to is not None:
@@ -186,6 +198,10 @@ def train_all(data: str = DEFAULT_DATA, out_dir: str | Path | None = None, only:
                 log(f"{name}: {outcomes[name]}")
             except TrainingCancelled:
                 outcomes[name] = "cancelled"
+                if handed is not None and staged.exists():
+                    handed.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(staged, handed)
+                    log(f"{name}: resume state handed off to {handed}")
                 raise
             except TrainingError as err:
                 outcomes[name] = f"failed: {err}"
@@ -307,6 +323,9 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--epochs", type=int, default=None, help=f"override the recipe's {ZOO_RECIPE.epochs}")
     parser.add_argument("--readme-only", action="store_true", help="only regenerate README.md")
+    parser.add_argument("--handoff", default=None,
+                        help="folder of resume states kept in the repository between sessions "
+                             "(e.g. checkpoints/training-state)")
     parser.add_argument("--lanes", type=int, default=1,
                         help="train this many models at once, one CPU core (one thread) each, from one queue")
     parser.add_argument("--lane-core", type=int, default=None, help=argparse.SUPPRESS)  # set by --lanes
@@ -331,7 +350,8 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         outcomes = train_all(args.data, out, args.only, args.device, recipe,
                              ship_to=Path(args.ship_to) if args.ship_to else None,
-                             claim=args.lane_core is not None, cancel_event=cancel)
+                             claim=args.lane_core is not None, cancel_event=cancel,
+                             handoff=Path(args.handoff) if args.handoff else None)
     except TrainingCancelled:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130

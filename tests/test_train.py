@@ -407,3 +407,22 @@ def test_zoo_ship_writes_the_variant_note_into_the_card(tiny, tmp_path):
     assert card["zoo_note"] == ZOO_NOTES["resnet20-sge"] and "min_group_channels=4" in card["zoo_note"]
     model, _ = load_checkpoint(shipped)
     assert model.spec == "resnet20-sge:min_group_channels=4"
+
+
+def test_zoo_hands_an_interrupted_entry_to_the_next_session_through_a_folder(tiny, tmp_path):
+    from attnviz.zoo import train_all
+
+    recipe = Recipe(epochs=1, batch_size=40, probe_size=16)
+    first, handoff = tmp_path / "session1", tmp_path / "repo" / "training-state"
+    first.mkdir()
+    (first / "CANCEL").touch()  # the session ends: cancelled at the next step
+    with pytest.raises(TrainingCancelled):
+        train_all(tiny, first, only=["resnet20"], device="cpu", recipe=recipe, log=lambda _: None, handoff=handoff)
+    assert (handoff / "resnet20.trainstate").exists()
+    lines = []  # the next session: a fresh staging folder, the handed-off state in the repository
+    outcomes = train_all(tiny, tmp_path / "session2", only=["resnet20"], device="cpu", recipe=recipe,
+                         log=lines.append, handoff=handoff)
+    assert outcomes["resnet20"].startswith("complete")
+    assert any("resuming from the handed-off state" in line for line in lines)
+    assert any("resumed at [0, 1]" in line for line in lines)  # it went on from where it stopped
+    assert not (handoff / "resnet20.trainstate").exists()  # finished: nothing left to hand off
