@@ -349,16 +349,31 @@ def sanity_reading(summary: dict) -> str:
         parts = [f"{m} for {methods[m]['fails']} of {methods[m]['models']}" for m in failing]
         sentences.append(f"Barely changed (rank correlation {FAIL_AT:g} or more with everything random): {_join(parts)} "
                          "model(s): those maps explain the picture more than the model.")
+    heads = {m: o.get("mean_after_head") for m, o in methods.items()
+             if o.get("mean_after_head") is not None and not math.isnan(o["mean_after_head"])}
+    if heads:
+        ranked = sorted(heads.items(), key=lambda item: -item[1])
+        top, value = ranked[0]
+        rest = ", ".join(f"{m} {v:.2f}" for m, v in ranked[1:])
+        sentences.append(
+            f"With only the logits layer (the head) re-initialised, {top}'s maps changed least (mean rank correlation "
+            f"{value:.2f}; {rest})"
+            + (": like Adebayo et al.'s, Guided Backprop's maps ignore the top of the network and change only once the "
+               "lower stages are random." if top == "guided_backprop" and value >= FAIL_AT else ".")
+        )
     if "guided_backprop" in methods:
         gb = methods["guided_backprop"]
-        others = [o["mean_final"] for m, o in methods.items() if m != "guided_backprop" and o["mean_final"] is not None]
+        finals = {m: o["mean_final"] for m, o in methods.items() if m != "guided_backprop" and o["mean_final"] is not None}
+        others = list(finals.values())
         if gb["mean_final"] is not None and others:
+            highest = max(finals, key=finals.get)
             if gb["mean_final"] > max(others):
-                sentences.append(f"Guided Backprop kept the highest similarity of all methods ({gb['mean_final']:.2f}), "
-                                 "as Adebayo et al. found for Inception v3.")
+                sentences.append(f"With every layer random Guided Backprop still kept the highest similarity of all "
+                                 f"methods ({gb['mean_final']:.2f}), as Adebayo et al. found for Inception v3.")
             else:
-                sentences.append(f"Guided Backprop ended at {gb['mean_final']:.2f}, not above every other method (highest "
-                                 f"other: {max(others):.2f}), unlike Adebayo et al.'s Inception v3 result.")
+                sentences.append(f"Once the lower stages are random too it does change ({gb['mean_final']:.2f} with every "
+                                 f"layer random, below {highest}'s {finals[highest]:.2f}), so in these networks its "
+                                 "invariance is to the top layers only.")
     data = summary.get("data_randomisation")
     if data and data.get("methods"):
         values = {m: v["spearman_abs"]["mean"] for m, v in data["methods"].items() if v["spearman_abs"]["mean"] is not None}
