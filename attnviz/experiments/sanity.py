@@ -118,9 +118,24 @@ def sanity_unit(model, card: dict, images: torch.Tensor, plan: SanityBudget, mod
     result = randomisation_test(model, x, methods=plan.methods_for(mode), mode=mode, granularity=plan.granularity,
                                 seed=0)
     out = _summary_numbers(result)
-    if keep_strip:  # the first picture's heat maps at every step, for the report's figure
-        out["strip"] = {m: [np.round(step.heatmaps[m][0], 3).tolist() for step in result.steps] for m in result.methods}
+    if keep_strip:  # the first picture's heat maps at every step, for the report's figure (compact: uint8, base64)
+        out["strip"] = {m: [_encode_map(step.heatmaps[m][0]) for step in result.steps] for m in result.methods}
     return out
+
+
+def _encode_map(heat: np.ndarray) -> dict:
+    """A [0, 1] heat map as 8-bit levels in base64 (a figure needs no more; keeps the unit JSON small)."""
+    import base64
+
+    levels = np.clip(np.round(np.asarray(heat, dtype=np.float64) * 255), 0, 255).astype(np.uint8)
+    return {"shape": list(levels.shape), "uint8_base64": base64.b64encode(levels.tobytes()).decode("ascii")}
+
+
+def _decode_map(encoded: dict) -> np.ndarray:
+    import base64
+
+    levels = np.frombuffer(base64.b64decode(encoded["uint8_base64"]), dtype=np.uint8)
+    return levels.reshape(encoded["shape"]).astype(np.float32) / 255.0
 
 
 def _shuffled(dataset, seed: int):
@@ -209,7 +224,7 @@ def run(budget: str = "small", out_dir="reports", progress: Progress | None = No
             keep_strip = mode == "cascading" and entry["name"] == strip_model
             config = {"checkpoint": entry["name"], "sha256": entry["sha256"], "mode": mode,
                       "granularity": plan.granularity, "methods": list(plan.methods_for(mode)), "n": int(labels.numel()),
-                      "data": data_label, "seed": 0, "strip": keep_strip}
+                      "data": data_label, "seed": 0, "strip": "uint8-base64" if keep_strip else False}
             key = f"{entry['name']}-{entry['sha256'][:12]}-{mode}"
             result = study.units.run(key, config, lambda m=model, c=card, mo=mode, k=keep_strip: sanity_unit(
                 m, c, images, plan, mo, k))
@@ -435,7 +450,7 @@ def _plots(study: StudyRun, results: dict, strip_model: str | None) -> list[dict
         for row, (method, maps) in enumerate(strip.items()):
             for col, heat in enumerate(maps):
                 ax = grid[row][col]
-                ax.imshow(np.asarray(heat), cmap="jet", vmin=0, vmax=1)
+                ax.imshow(_decode_map(heat), cmap="jet", vmin=0, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if row == 0:
