@@ -139,7 +139,10 @@ def run(budget: str = "small", out_dir="reports", progress: Progress | None = No
     progress = progress or _no_progress
     study = StudyRun(STUDY, TITLE, budget, out_dir, progress)
     dataset, data_label = load_cifar(budget, None)
-    source = data_label.split(":")[0]
+    source = data_label.rsplit(": ", 1)[0]  # "imagefolder:PATH" keeps its path
+    from attnviz.experiments.sanity import _note_source
+
+    _note_source(study, budget)
     tests = "every test image" if plan.test_per_class is None else f"the first {plan.test_per_class} test images of each class"
     data_label = f"{source}: {tests}; means over the first {plan.mean_per_class} training images of each class"
     device = torch.device("cpu")

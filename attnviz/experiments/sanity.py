@@ -189,6 +189,16 @@ def data_randomisation_unit(plan: SanityBudget, images: torch.Tensor, work_dir, 
     }
 
 
+def _note_source(study: StudyRun, budget: str) -> None:
+    """Say in the report which CIFAR-10 source was used when it is not the budget's default (the command
+    line in the metadata does not carry ``--cifar10``)."""
+    from attnviz.experiments.training import CIFAR_ENV, cifar_source
+
+    source = cifar_source(budget)
+    if source != ("cifar10" if budget == "full" else "sample"):
+        study.notes.append(f"CIFAR-10 source: {source} (rerun with --cifar10 {source} or ${CIFAR_ENV}={source}).")
+
+
 def run(budget: str = "small", out_dir="reports", progress: Progress | None = None, *, checkpoint_dirs=None):
     from attnviz.checkpoints import load_checkpoint
     from attnviz.experiments.faithfulness import faithful_set, usable_checkpoints
@@ -199,7 +209,8 @@ def run(budget: str = "small", out_dir="reports", progress: Progress | None = No
     study = StudyRun(STUDY, TITLE, budget, out_dir, progress)
     dataset, data_label = load_cifar(budget, None)
     images, labels = faithful_set(dataset, plan.test_per_class)
-    data_label = f"{data_label.split(':')[0]}: the first {plan.test_per_class} test images of each class"
+    data_label = f"{data_label.rsplit(': ', 1)[0]}: the first {plan.test_per_class} test images of each class"
+    _note_source(study, budget)
     checkpoints = usable_checkpoints(checkpoint_dirs, study.notes)
     if plan.max_models is not None and len(checkpoints) > plan.max_models:
         study.notes.append(f"The {budget} budget evaluates only the first {plan.max_models} of "
