@@ -420,6 +420,11 @@ def interventions_reading(summary: dict, *, data_label: str) -> str:
         if off:
             text += f" (all attention off: {100 * off['drop']:.1f})"
         sentences.append(text + ".")
+    se_models = {name: s for name, s in models.items() if "-se" in str(s.get("spec", "")) and s.get("stage_ones")}
+    for name, s in se_models.items():
+        stages = s["stage_ones"]
+        per_stage = ", ".join(f"{stage} {100 * value:.1f}" for stage, value in sorted(stages.items()))
+        sentences.append(f"{name}, one SE block switched off at a time (mean drop per block, points): {per_stage}.")
     last_least = []
     for s in models.values():
         stages = s.get("stage_ones") or {}
