@@ -38,7 +38,8 @@ def _frame(columns: list[str], rows: list[list]) -> list[dict]:
         record = {}
         for index, column in enumerate(columns):
             value = row[index] if index < len(row) else None
-            record[column] = str(_cell(value)) if index in mixed else _cell(value)
+            # a number column keeps None (Arrow's null); "" there would make Arrow reject the column
+            record[column] = str(_cell(value)) if index in mixed else value
         records.append(record)
     return records
 
