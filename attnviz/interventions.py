@@ -21,7 +21,9 @@ Methods, by part of a site (site = the attention module's qualified name, e.g. `
   LGAM's per-group channel weights feed its ladder directly, not through a tap, so they cannot be
   overridden; BAM's channel branch gives logits that only act through the joint gate (use spatial).
 - spatial masks (``tap_spatial`` of LGAM [B, 1, H, W], CBAM [B, 1, H, W] and SGE [B, G, H, W]; BAM's
-  joint gate ``tap_gate`` [B, C, H, W]): ``spatial_ones`` (mask := 1), ``spatial_mean`` (:= ``value``, a
+  joint gate ``tap_gate`` [B, C, H, W]): ``spatial_ones`` (mask := 1: the identity for CBAM and SGE, whose
+  masks multiply; for LGAM's A'' = A' M + A and BAM's F + F M it makes every position alike but keeps the
+  branch at full strength), ``spatial_mean`` (:= ``value``, a
   fixed map such as the dataset mean; without a value, each image's own spatial mean per channel or
   group, i.e. the same overall level with the "where" removed).
 - Interflow branch weights (``head.tap_branch_weights``, [n] or per_class [n, K]): ``branch_off`` (branch
@@ -57,7 +59,7 @@ LABELS = {
     "channel_mean": "channel weights -> their mean",
     "channel_class_mean": "channel weights -> the class average",
     "channel_zero_topk": "zero the k most-weighted channels",
-    "spatial_ones": "spatial mask -> 1 (attention off)",
+    "spatial_ones": "spatial mask -> 1 (every position alike)",
     "spatial_mean": "spatial mask -> its mean",
     "branch_off": "branch weight -> 0",
     "branch_only": "this branch alone",

@@ -230,7 +230,9 @@ def _write_report(study: StudyRun, plan: InterventionsBudget, data_label: str, r
         rows=site_rows,
         caption=(f"{data_label}. Drop = accuracy without the intervention minus with it, paired over the same test "
                  "images (positive = the site's picture-dependent attention was needed). 'Attention off' sets the "
-                 "weights / masks to 1 (the SE paper's removal, but without retraining)."),
+                 "weights / masks to 1: the identity for SE, ECA, CBAM and SGE (the SE paper's removal, but without "
+                 "retraining); for BAM (F + F·M) and LGAM (A'·M + A) a mask of ones makes every position alike while "
+                 "the attention branch stays at full strength."),
         paper=paper_table(
             "Hu et al. (Squeeze-and-Excitation Networks, TPAMI 2019 version), ImageNet, SE-ResNet-50; their analysis "
             "is qualitative and retrains the network without the removed blocks.",

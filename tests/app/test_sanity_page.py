@@ -77,7 +77,7 @@ def test_channel_attention_page_intervention_changes_the_prediction(app):
 @pytest.mark.slow
 def test_lgam_and_interflow_pages_offer_their_own_interventions(app):
     at = _run(app, "views/lgam.py")
-    assert set(at.selectbox(key="lgam_iv_method").options) == {"spatial mask -> 1 (attention off)",
+    assert set(at.selectbox(key="lgam_iv_method").options) == {"spatial mask -> 1 (every position alike)",
                                                                  "spatial mask -> its mean over the picture"}
     at = _run(app, "views/interflow.py")
     at.selectbox(key="interflow_iv_method").set_value("branch_only").run()
