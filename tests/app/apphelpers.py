@@ -10,7 +10,7 @@ ENTRY = str(APP_DIR / "streamlit_app.py")
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-PAGES = ["views/zoo.py", "views/inspect_image.py", "views/channel_attention.py", "views/lgam.py",
+PAGES = ["views/zoo.py", "views/inspect_image.py", "views/sanity.py", "views/channel_attention.py", "views/lgam.py",
          "views/interflow.py", "views/activations.py", "views/train.py", "views/about.py"]
 
 
