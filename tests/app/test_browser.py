@@ -49,7 +49,8 @@ def test_upload_inspect_train_and_zoo(tmp_path, browser_page):
         wait_idle(page)
         page.screenshot(path=str(shots / "1-zoo.png"))
 
-        # 2. upload a picture on Inspect: the grid gets one more row, with a heat map per model
+        # 2. upload a picture on Inspect: it replaces the gallery's preselected pictures (issue 12) and
+        #    gets its thumbnails and a heat map per model; the broken file gets one sentence
         page.goto(base + "/inspect_image")
         wait_idle(page)
         grid_before = page.locator("[data-testid='stImage']").count()
@@ -63,7 +64,8 @@ def test_upload_inspect_train_and_zoo(tmp_path, browser_page):
         models = len(parse_qs(urlparse(page.url).query).get("models", []))  # the choice is in the URL
         grid_after = page.locator("[data-testid='stImage']").count()
         assert models >= 1
-        assert grid_after >= grid_before + 1 + models  # the new picture, its thumbnail and one map per model
+        # the upload alone: its prediction thumbnail, its grid thumbnail and one map per model
+        assert grid_after == 2 + models and grid_before > grid_after
         page.screenshot(path=str(shots / "2-inspect-upload.png"))
 
         # 3. a 1-epoch run on the sample set, watched live until it finishes
