@@ -52,6 +52,9 @@ Events go to ``callback(dict)``: ``{"event": "start"|"step"|"epoch"|"checkpoint"
 with ``loss``, ``train_acc``, ``test_acc``, ``lr``, ``images_per_s``, ``eta_s`` and, per epoch,
 ``attention``. Only rank 0 emits events under DDP.
 
+Pause: suspend the process with SIGTSTP (Ctrl-Z, or ``kill -TSTP PID``) and continue it with SIGCONT;
+the suspended time is left out of every recorded duration (a plain SIGSTOP cannot be seen and counts).
+
 Cancel: ``cancel_event`` (a ``threading.Event``) set from any thread, or a file named ``CANCEL`` in
 ``out_dir`` (create it from another process), is seen at the next step. The CLI maps SIGINT/SIGTERM
 to the event.
@@ -107,6 +110,37 @@ MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 CONTIGUOUS_ON_CPU_BF16 = ("lgam",)
 
 Callback = Callable[[dict], None]
+
+# Time while the process is suspended (SIGTSTP: Ctrl-Z in a terminal, or a scheduler making room) is not
+# training time: every duration the trainer records (epoch times, train_time_s, images/s, ETAs) comes
+# from _clock(), which leaves it out. Installed by train() when it runs in the main thread.
+_suspended_s = 0.0
+
+
+def _clock() -> float:
+    return time.perf_counter() - _suspended_s
+
+
+def _on_suspend(signum, _frame) -> None:
+    """SIGTSTP: stop for real (the default action), then count how long the process stood still."""
+    import signal
+
+    global _suspended_s
+    stopped = time.perf_counter()
+    previous = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    try:
+        os.kill(os.getpid(), signal.SIGTSTP)  # returns once the process is continued (SIGCONT)
+    finally:
+        _suspended_s += time.perf_counter() - stopped
+        signal.signal(signal.SIGTSTP, previous)
+
+
+def _install_suspend_clock() -> None:
+    import signal
+
+    if (hasattr(signal, "SIGTSTP") and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTSTP) in (signal.SIG_DFL, None)):
+        signal.signal(signal.SIGTSTP, _on_suspend)
 
 
 @dataclass
@@ -514,6 +548,7 @@ def train(
     recipe.validate()
 
     device = pick_device(device)
+    _install_suspend_clock()
     if recipe.precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         raise AttnvizError("precision 'bf16' was asked for, but this CPU has no native bf16 kernels "
                            "(emulated bf16 is about 10x slower); use 'auto' or 'fp32'.")
@@ -793,7 +828,7 @@ class _Run:
         })
         generator = torch.Generator(device=self.device)
         shuffle_generator = torch.Generator(device=self.device)
-        run_started = time.perf_counter()
+        run_started = _clock()
         time_at_start = self.train_time
         steps_done_here = 0
         epoch = start_epoch
@@ -802,14 +837,14 @@ class _Run:
         try:
             for epoch in range(start_epoch, recipe.epochs):
                 self.net.train()
-                epoch_started = time.perf_counter()
+                epoch_started = _clock()
                 shuffle_generator.manual_seed(_mixed_seed(recipe.seed, epoch))
                 order = torch.randperm(n_train, generator=shuffle_generator, device=self.device)
                 shard = order[self.rank :: self.world][: steps_per_epoch * local_batch]
                 loss_sum = torch.zeros((), device=self.device)
                 correct_sum = torch.zeros((), device=self.device, dtype=torch.int64)
                 seen = 0
-                window_started, window_images = time.perf_counter(), 0
+                window_started, window_images = _clock(), 0
                 for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
                     global_step = epoch * steps_per_epoch + step
                     lr = lr_at(recipe, global_step, total_steps)
@@ -853,7 +888,7 @@ class _Run:
                     if (step + 1) % max(1, recipe.step_event_every) == 0 or last:
                         if cuda:
                             torch.cuda.synchronize(self.device)
-                        now = time.perf_counter()
+                        now = _clock()
                         remaining = total_steps - (global_step + 1)
                         per_step = (now - run_started) / max(steps_done_here, 1)
                         self.emit({
@@ -873,8 +908,8 @@ class _Run:
                 if cuda and pending_loss is not None:
                     self._check_finite(float(pending_loss), epoch, steps_per_epoch - 1, dist)
                     pending_loss = None
-                train_seconds = time.perf_counter() - epoch_started
-                self.train_time = time_at_start + (time.perf_counter() - run_started)
+                train_seconds = _clock() - epoch_started
+                self.train_time = time_at_start + (_clock() - run_started)
                 stats_loss = float(loss_sum) / max(seen, 1)
                 stats_acc = float(correct_sum) / max(seen, 1)
                 self._end_epoch(epoch, stats_loss, stats_acc, lr, train_seconds, seen * self.world,
@@ -883,10 +918,10 @@ class _Run:
                 if epoch + 1 < recipe.epochs and self._cancel_requested(dist):
                     raise _Stop("cancel", "cancelled by request")
         except _Stop as stop:
-            self.train_time = time_at_start + (time.perf_counter() - run_started)
+            self.train_time = time_at_start + (_clock() - run_started)
             return self._stopped(stop, epoch, step, steps_per_epoch, dist)
 
-        self.train_time = time_at_start + (time.perf_counter() - run_started)
+        self.train_time = time_at_start + (_clock() - run_started)
         status = "complete"
         card_path = None
         card: dict = {}
@@ -943,16 +978,16 @@ class _Run:
                    run_started, steps_done_here, dist) -> None:
         recipe = self.recipe
         if self.rank == 0:
-            eval_started = time.perf_counter()
+            eval_started = _clock()
             metrics = evaluate(self.net, self.test_x, self.test_y, self.mean, self.std,
                                num_classes=self.data.num_classes, device=self.device,
                                autocast_dtype=self.autocast_dtype, channels_last=self.channels_last)
             metrics["measured_by"] = (f"training monitor ({self.device.type}, "
                                       f"{precision_label(self.autocast_dtype, self.channels_last)}, batch {EVAL_BATCH})")
-            eval_seconds = time.perf_counter() - eval_started
-            stats_started = time.perf_counter()
+            eval_seconds = _clock() - eval_started
+            stats_started = _clock()
             attention = attention_statistics(self.net, self.probe_batch)
-            stats_seconds = time.perf_counter() - stats_started
+            stats_seconds = _clock() - stats_started
             entry = {
                 "epoch": epoch + 1, "train_loss": round(train_loss, 6), "train_acc": round(train_acc, 6),
                 "test_loss": round(metrics["test_loss"], 6), "test_acc": metrics["test_acc"], "lr": lr,
@@ -964,7 +999,7 @@ class _Run:
             more_epochs = (epoch + 1) < recipe.epochs
             if more_epochs:  # the last epoch's checkpoint is written after the exact final evaluation
                 self._save("running", metrics, float(epoch + 1), position=(epoch + 1, 0))
-            elapsed = time.perf_counter() - run_started
+            elapsed = _clock() - run_started
             remaining = total_steps - (epoch + 1) * steps_per_epoch
             self.emit({
                 "event": "epoch", "epoch": epoch + 1, "epochs": recipe.epochs, "loss": train_loss,
