@@ -169,22 +169,21 @@ def test_eval_of_a_shipped_card_without_data_asks_for_it_in_one_line(tmp_path, c
     assert len(err) == 1 and err[0].startswith("error:") and "pass --data" in err[0]
 
 
-@pytest.mark.slow  # a real one-epoch run in a subprocess, suspended for a few seconds
+@pytest.mark.slow  # a real three-epoch run in a subprocess, suspended for a few seconds
 def test_time_while_suspended_is_not_training_time(tmp_path):
     env = dict(os.environ, ATTNVIZ_CACHE=str(tmp_path / "cache"))
-    cmd = [sys.executable, "-m", "attnviz", "train", "--model", "resnet20", "--data", "sample", "--epochs", "1",
+    cmd = [sys.executable, "-m", "attnviz", "train", "--model", "resnet20", "--data", "sample", "--epochs", "3",
            "--batch-size", "128", "--device", "cpu", "--out", str(tmp_path / "out"), "--json-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     for line in proc.stdout:  # wait until it is really training
         if '"event": "step"' in line:
             break
-    training = time.perf_counter()  # the run's own clock started before this
-    proc.send_signal(signal.SIGTSTP)  # Ctrl-Z
+    proc.send_signal(signal.SIGTSTP)  # Ctrl-Z, during one of the epochs
     time.sleep(8)
     proc.send_signal(signal.SIGCONT)
     proc.stdout.read()
     assert proc.wait(timeout=600) == 0
-    wall = time.perf_counter() - training  # includes the 8 suspended seconds
     card = json.loads((tmp_path / "out" / "resnet20.json").read_text())
-    assert card["train_time_s"] < wall - 4  # counting them would make it larger than the wall time
-    assert card["history"][0]["time_s"] < wall - 4
+    epoch_times = [entry["time_s"] for entry in card["history"]]
+    # counted, the 8 suspended seconds would make one epoch that much longer than the others
+    assert max(epoch_times) - min(epoch_times) < 4, epoch_times
