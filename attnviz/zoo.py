@@ -18,9 +18,9 @@ weight decay 5e-4 on weights (not BN/bias), label smoothing 0.1, random crop (pa
 without them, where emulated bf16 is far slower: ``benchmarks/trainer_throughput.py`` times both) and
 ``memory_format="auto"`` (channels_last, except LGAM under bf16 on a CPU). Interflow's learned aggregation weights train at 0.1 x the lr with no weight decay
 (``interflow_weight_lr_scale``: at the full lr they collapsed towards 0 within the first epoch and the
-network stalled at 18.5%). Batch 128 rather than 256: on the 2-core AVX2 build machine one ResNet-20
-step ran at 246 img/s at batch 128 vs 224 at 256 (float32, channels_last), and it takes twice the steps
-per epoch. Issue 11's bars (:func:`accuracy_bar`): 88.5% for every ResNet-20 variant, 88% for Interflow on
+network stalled at 18.5%). Batch 128 rather than 256: on the 2-core AVX2 build machine a ResNet-20
+step was faster per image at 128 (compare the "bare step" lines of ``benchmarks/trainer_throughput.py
+--batch-size 128`` and ``--batch-size 256``), and it takes twice the steps per epoch. Issue 11's bars (:func:`accuracy_bar`): 88.5% for every ResNet-20 variant, 88% for Interflow on
 ResNet-20, 89% for VGG-16 Interflow; a variant that falls short keeps its honest number in its card and
 is flagged in the README table rather than tuned alone.
 
