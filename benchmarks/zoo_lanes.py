@@ -6,8 +6,9 @@
 This measures why: the images per second of one bare training step loop using all cores (the
 trainer's default: ``torch.set_num_threads`` = the cores) against the summed images per second of one
 such loop per core, each pinned to its core, all running at the same time. Same model, batch, data
-(random tensors: the data path is not what is compared), float32 channels_last (the trainer's
-``auto`` on a CPU without native bf16; the fastest format there). Prints the ratio lanes / one.
+(random tensors: the data path is not what is compared), in the precision and memory format the
+trainer's ``auto`` picks for that model on this CPU (bf16 autocast where the CPU has native bf16
+kernels, float32 otherwise). Prints the ratio lanes / one.
 """
 
 from __future__ import annotations
@@ -30,16 +31,22 @@ def step_loop(spec: str, batch_size: int, steps: int) -> float:
     import torch.nn.functional as F
 
     from attnviz.models.registry import create_model
+    from attnviz.training import Recipe, resolve_precision
 
     torch.manual_seed(0)
-    model = create_model(spec, num_classes=10).to(memory_format=torch.channels_last)
+    model = create_model(spec, num_classes=10)
+    dtype, channels_last = resolve_precision(Recipe(), torch.device("cpu"), model)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch_size,))
     times = []
     for i in range(steps + 3):
         started = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -72,7 +79,11 @@ def main() -> int:
              for core in cores]
     speeds = [float(proc.communicate()[0].strip().splitlines()[-1]) for proc in lanes]
     total = sum(speeds)
-    print(f"{args.spec}, batch {args.batch_size}, {len(cores)} cores, torch {torch.__version__}")
+    from attnviz.models.registry import create_model
+    from attnviz.training import Recipe, precision_label, resolve_precision
+
+    chosen = precision_label(*resolve_precision(Recipe(), torch.device("cpu"), create_model(args.spec, num_classes=10)))
+    print(f"{args.spec}, batch {args.batch_size}, {len(cores)} cores, {chosen}, torch {torch.__version__}")
     print(f"one training, {len(cores)} threads : {one:8.1f} img/s")
     print(f"{len(cores)} lanes, 1 thread each   : {total:8.1f} img/s ({', '.join(f'{s:.1f}' for s in speeds)})")
     print(f"ratio lanes / one = {total / one:.2f}")
