@@ -170,16 +170,24 @@ def test_eval_of_a_shipped_card_without_data_asks_for_it_in_one_line(tmp_path, c
 
 
 @pytest.mark.slow  # a real three-epoch run in a subprocess, suspended for a few seconds
-def test_time_while_suspended_is_not_training_time(tmp_path):
+@pytest.mark.parametrize("own_session", [False, True], ids=["terminal-job", "orphaned-background-job"])
+def test_time_while_suspended_is_not_training_time(tmp_path, own_session):
+    # own_session: the run leads its own session, so its process group is orphaned, like a
+    # `nohup ... &` job whose shell has exited (the zoo's lanes); the kernel discards a default-action
+    # SIGTSTP there, so the trainer must stop itself another way
     env = dict(os.environ, ATTNVIZ_CACHE=str(tmp_path / "cache"))
     cmd = [sys.executable, "-m", "attnviz", "train", "--model", "resnet20", "--data", "sample", "--epochs", "3",
            "--batch-size", "128", "--device", "cpu", "--out", str(tmp_path / "out"), "--json-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=own_session)
     for line in proc.stdout:  # wait until it is really training
         if '"event": "step"' in line:
             break
     proc.send_signal(signal.SIGTSTP)  # Ctrl-Z, during one of the epochs
     time.sleep(8)
+    status = Path(f"/proc/{proc.pid}/status")
+    if status.exists():  # Linux: the process must really stand still, not just keep training
+        state = next(line for line in status.read_text().splitlines() if line.startswith("State:"))
+        assert "stopped" in state, state
     proc.send_signal(signal.SIGCONT)
     proc.stdout.read()
     assert proc.wait(timeout=600) == 0
