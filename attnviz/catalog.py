@@ -63,13 +63,6 @@ class ZooRow:
         return asdict(self)
 
 
-def shipped_dir() -> Path:
-    """The repository's ``checkpoints/`` folder."""
-    from attnviz.checkpoints import SHIPPED_DIR
-
-    return SHIPPED_DIR
-
-
 def cache_dir() -> Path:
     from attnviz.checkpoints import attnviz_home
 
@@ -122,16 +115,6 @@ def _card_rows(entries: list[dict], runs: Path) -> list[ZooRow]:
             status=str(card.get("status") or "complete"), **info,
         ))
     return rows
-
-
-def run_checkpoint_dirs(base: Path | None = None) -> list[Path]:
-    """Every run folder that holds a finished checkpoint card."""
-    from attnviz.checkpoints import runs_dir
-
-    base = base or runs_dir()
-    if not base.is_dir():
-        return []
-    return sorted({p.parent for p in base.glob("*/*.safetensors")})
 
 
 def zoo_rows(*, include_untrained: bool = True, dirs: list[Path] | None = None,
@@ -237,13 +220,6 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 def _default_class_names(num_classes: int) -> list[str]:
     return CIFAR10_CLASSES if num_classes == 10 else [f"class {i}" for i in range(num_classes)]
-
-
-def find_row(row_id: str, rows: list[ZooRow] | None = None) -> ZooRow:
-    for row in rows if rows is not None else zoo_rows(with_latency=False):
-        if row.id == row_id:
-            return row
-    raise CheckpointError(f"There is no model '{row_id}' in the zoo.")
 
 
 LATENCY_REPEATS = 20

@@ -18,7 +18,6 @@ import datetime as _dt
 import errno
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
@@ -318,7 +317,3 @@ def list_checkpoints_with_problems(dirs: list[str | Path] | None = None) -> tupl
                 "created": card.get("created"),
             })
     return found, problems
-
-
-def is_finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

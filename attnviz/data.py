@@ -219,11 +219,6 @@ def default_data_root() -> Path:
     return Path(env) if env else default_cache_dir() / "data"
 
 
-def list_datasets() -> list[str]:
-    """The names ``load_dataset`` accepts (``imagefolder:PATH`` stands for any folder or archive)."""
-    return ["sample", *NAMED_DATASETS, "imagefolder:PATH"]
-
-
 # ---------------------------------------------------------------------------------------------
 # entry point
 

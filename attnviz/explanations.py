@@ -512,15 +512,6 @@ def road(model: nn.Module, x: torch.Tensor, heatmaps: Any, targets: Sequence[int
     return {"morf": morf, "lerf": lerf, "combined": (lerf - morf) / 2}
 
 
-def faithfulness(model: nn.Module, x: torch.Tensor, heatmaps: Any, targets: Sequence[int], steps: int = 32,
-                 with_road: bool = False) -> Faithfulness:
-    """``deletion_insertion`` and, when ``with_road``, ``road`` in one record."""
-    result = deletion_insertion(model, x, heatmaps, targets, steps)
-    if with_road:
-        result.road = road(model, x, heatmaps, targets)
-    return result
-
-
 def module_masks(model: nn.Module, x: torch.Tensor, normalise: bool = False) -> dict[str, np.ndarray]:
     """The attention modules' own spatial masks, upsampled (bilinear) to the input size: site -> [B, H, W].
 

@@ -334,15 +334,6 @@ def preprocess(images: Image.Image | Sequence[Image.Image], card: Any) -> Any:
     return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
 
 
-def denormalise(x: Any, card: Any) -> np.ndarray:
-    """Inverse of ``preprocess`` for display: ``[N, C, H, W]`` tensor -> float ``[N, H, W, C]`` in [0, 1]."""
-    chans, _, _ = input_geometry(card)
-    mean = np.asarray(_card_value(card, "mean", [0.0] * chans), dtype=np.float32).reshape(1, 1, 1, -1)
-    std = np.asarray(_card_value(card, "std", [1.0] * chans), dtype=np.float32).reshape(1, 1, 1, -1)
-    array = x.detach().cpu().float().numpy().transpose(0, 2, 3, 1)
-    return np.clip(array * std + mean, 0.0, 1.0)
-
-
 LETTERBOX_FILL = (241, 243, 246)  # a light neutral grey: padding reads as "not part of the picture"
 
 

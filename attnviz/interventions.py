@@ -51,9 +51,8 @@ CHANNEL_METHODS = ("channel_ones", "channel_mean", "channel_class_mean", "channe
 SPATIAL_METHODS = ("spatial_ones", "spatial_mean")
 BRANCH_METHODS = ("branch_off", "branch_only")
 METHODS = CHANNEL_METHODS + SPATIAL_METHODS + BRANCH_METHODS
-# which tap each method overrides, per attention kind
-_CHANNEL_KINDS = ("se", "eca", "cbam")
-_SPATIAL_TAP = {"lgam": "tap_spatial", "cbam": "tap_spatial", "sge": "tap_spatial", "bam": "tap_gate"}
+# which tap each method overrides: the module declares it (AttentionModule.channel_gate_tap,
+# spatial_mask_tap, branch_weights_tap)
 LABELS = {
     "channel_ones": "channel weights -> 1 (attention off)",
     "channel_mean": "channel weights -> their mean",
@@ -89,15 +88,19 @@ class Intervention:
         return f"{self.site}: {text}"
 
 
+def _tap_key(tap_attribute: str | None) -> str | None:
+    """``tap_spatial`` -> ``spatial``: the key a probe records that tap's value under."""
+    return tap_attribute[len("tap_"):] if tap_attribute else None
+
+
 def applicable_methods(module: nn.Module) -> list[str]:
-    """The methods that apply to one attention module (by its ``attn_kind``)."""
-    kind = getattr(module, "attn_kind", None)
+    """The methods that apply to one attention module (by the taps it declares overridable)."""
     methods: list[str] = []
-    if kind in _CHANNEL_KINDS:
+    if getattr(module, "channel_gate_tap", None):
         methods += list(CHANNEL_METHODS)
-    if kind in _SPATIAL_TAP:
+    if getattr(module, "spatial_mask_tap", None):
         methods += list(SPATIAL_METHODS)
-    if kind == "interflow":
+    if getattr(module, "branch_weights_tap", None):
         methods += list(BRANCH_METHODS)
     return methods
 
@@ -169,7 +172,7 @@ def _plan(model: nn.Module, intervention: Intervention) -> _Plan:
         raise AttnvizError(_why_not(module, method, site))
     value = None
     if method in CHANNEL_METHODS:
-        tap_name = "tap_channel"
+        tap_name = module.channel_gate_tap
         channels = int(module.channels)
         if method == "channel_zero_topk":
             k = intervention.k
@@ -190,11 +193,11 @@ def _plan(model: nn.Module, intervention: Intervention) -> _Plan:
             if any(not isinstance(c, (int, np.integer)) or not 0 <= int(c) < value.shape[0] for c in classes):
                 raise AttnvizError(f"every class must be an index from 0 to {value.shape[0] - 1}")
     elif method in SPATIAL_METHODS:
-        tap_name = _SPATIAL_TAP[module.attn_kind]
+        tap_name = module.spatial_mask_tap
         if method == "spatial_mean" and intervention.value is not None:
             value = _as_tensor(intervention.value, "mean spatial mask")
     else:
-        tap_name = "tap_branch_weights"
+        tap_name = module.branch_weights_tap
         n = int(module.num_branches)
         b = intervention.branch
         if not isinstance(b, (int, np.integer)) or isinstance(b, bool) or not 0 <= int(b) < n:
@@ -302,13 +305,14 @@ def readout_means(model: nn.Module, batches: Iterable[Any], *, num_classes: int 
             class_counts = one_hot.sum(0) if class_counts is None else class_counts + one_hot.sum(0)
         for site, module in sites.items():
             taps = result[site].taps
-            if module.attn_kind in _CHANNEL_KINDS and "channel" in taps:
-                w = taps["channel"].double()
+            channel_key = _tap_key(module.channel_gate_tap)
+            if channel_key and channel_key in taps:
+                w = taps[channel_key].double()
                 sums[site]["channel"] = sums[site].get("channel", 0) + w.sum(0)
                 if labels is not None:
                     class_sums[site] = class_sums.get(site, 0) + one_hot.T @ w
-            spatial_key = "gate" if module.attn_kind == "bam" else "spatial"
-            if module.attn_kind in _SPATIAL_TAP and spatial_key in taps:
+            spatial_key = _tap_key(module.spatial_mask_tap)
+            if spatial_key and spatial_key in taps:
                 sums[site]["spatial"] = sums[site].get("spatial", 0) + taps[spatial_key].double().sum(0)
     if count == 0:
         raise AttnvizError("the data gave no images")

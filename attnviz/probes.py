@@ -209,41 +209,13 @@ def _tap_key(attr: str) -> str:
 
 def _build_site(site: str, module: AttentionModule, taps: dict[str, torch.Tensor],
                 input_norm: torch.Tensor | None) -> SiteProbe:
+    """One site's record from what its module declares (``AttentionModule.readouts``, ``derive_readouts``)."""
     record = SiteProbe(site=site, kind=module.attn_kind, module_type=type(module).__name__, taps=dict(taps))
-    kind = module.attn_kind
-    if kind in ("se", "eca", "cbam"):
-        record.channel_weights = taps.get("channel")
-        record.hidden = taps.get("hidden")
-        record.spatial = taps.get("spatial")
-    elif kind == "bam":
-        record.channel_logits = taps.get("channel")
-        record.spatial_logits = taps.get("spatial")
-        record.gate = taps.get("gate")
-        if record.gate is not None:
-            record.spatial = record.gate.mean(dim=1, keepdim=True)
-    elif kind == "sge":
-        record.spatial = taps.get("spatial")
-    elif kind == "lgam":
-        record.group_channel_weights = taps.get("group_channel")
-        record.groups = getattr(module, "groups", None)
-        record.spatial = taps.get("spatial")
-        if "a_prime" in taps:
-            record.a_prime_norm = taps["a_prime"].flatten(1).norm(dim=1)
-        if "output" in taps:
-            record.a_double_prime_norm = taps["output"].flatten(1).norm(dim=1)
+    for tap_name, field_name in module.readouts.items():
+        setattr(record, field_name, taps.get(tap_name))
+    if module.records_input_norm:
         record.input_norm = input_norm
-        # A' and A'' themselves are [B, C, H, W]; keep the norms only (the raw maps stay in `taps`
-        # for callers who asked for them, see probe(keep_feature_taps=...)).
-    elif kind == "interflow":
-        record.branch_logits = taps.get("branch_logits")
-        if record.branch_logits is not None:
-            record.branch_probs = torch.softmax(record.branch_logits.float(), dim=-1)
-        record.branch_weights = taps.get("branch_weights")
-        record.output = taps.get("output")
-        record.mode = getattr(module, "mode", None)
-    else:  # an attention kind added later: generic fields by tap name
-        record.channel_weights = taps.get("channel")
-        record.spatial = taps.get("spatial")
+    module.derive_readouts(record)
     return record
 
 
@@ -268,7 +240,7 @@ def probe(model: nn.Module, x: torch.Tensor, feature_layers: Sequence[str] | Ite
                 for attr, tap in module.named_children():
                     if isinstance(tap, AttnTap):
                         handles.append(tap.register_forward_hook(recorder.tap_hook(site, _tap_key(attr))))
-                if module.attn_kind == "lgam":
+                if module.records_input_norm:
                     handles.append(module.register_forward_pre_hook(recorder.input_norm_hook(site)))
             for name, module in feature_modules.items():
                 handles.append(module.register_forward_hook(recorder.feature_hook(name)))
@@ -285,8 +257,8 @@ def probe(model: nn.Module, x: torch.Tensor, feature_layers: Sequence[str] | Ite
     for site, module in sites.items():
         taps = recorder.tap_records.get(site, {})
         record = _build_site(site, module, taps, recorder.input_norms.get(site))
-        if record.kind == "lgam" and not keep_feature_taps:
-            record.taps = {k: v for k, v in record.taps.items() if k not in ("a_prime", "output")}
+        if module.feature_taps and not keep_feature_taps:
+            record.taps = {k: v for k, v in record.taps.items() if k not in module.feature_taps}
         result_sites[site] = record
     return ProbeResult(sites=result_sites, logits=_copy(logits), features=recorder.features)
 

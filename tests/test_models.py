@@ -8,13 +8,13 @@ from attnviz.errors import SpecError
 from attnviz.layers.create_attn import list_attentions
 from attnviz.layers.taps import AttnTap
 from attnviz.models.registry import (
-    attention_sites,
     create_model,
     list_archs,
     list_models,
     parse_spec,
     register_arch,
 )
+from attnviz.probes import attention_sites
 from attnviz.stats import count_flops, count_params
 
 # width=0.25 keeps the big backbones small enough for a fast test; the structure is the same
@@ -119,9 +119,9 @@ def test_placements():
     block = create_model("resnet20-se")
     assert len(attention_sites(block)) == 9  # one per BasicBlock
     stage = create_model("resnet20-se@stage")
-    assert attention_sites(stage) == ["layer1.attn", "layer2.attn", "layer3.attn"]
+    assert list(attention_sites(stage)) == ["layer1.attn", "layer2.attn", "layer3.attn"]
     bam = create_model("resnet20-bam")  # BAM paper: at the bottlenecks, not after the last stage
-    assert attention_sites(bam) == ["layer1.attn", "layer2.attn"]
+    assert list(attention_sites(bam)) == ["layer1.attn", "layer2.attn"]
 
 
 def test_resnet20_counts():

@@ -111,7 +111,7 @@ def control_maps(kind: str, batch: int, height: int, width: int, seed: int) -> n
 def has_spatial_mask(model) -> bool:
     from attnviz.probes import attention_sites
 
-    return any(hasattr(m, "tap_spatial") or hasattr(m, "tap_gate") for m in attention_sites(model).values())
+    return any(m.spatial_mask_tap for m in attention_sites(model).values())
 
 
 def maps_for(kind: str, model, x: torch.Tensor, targets, seed: int) -> np.ndarray:

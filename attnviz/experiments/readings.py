@@ -19,10 +19,6 @@ NUM_CLASSES = 10  # CIFAR-10, the data of the modules and interflow studies
 CHANCE_MARGIN = 10.0  # points of test error: a run this close to chance did not train
 
 
-def _pct(value: float) -> str:
-    return f"{value:.2f}%"
-
-
 def _join(items: Sequence[str]) -> str:
     items = list(items)
     if not items:

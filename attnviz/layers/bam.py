@@ -11,6 +11,8 @@ after every stage but the last; that is this module's default placement (``@stag
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -20,6 +22,13 @@ from attnviz.layers.taps import AttentionModule, AttnTap
 
 class BAM(AttentionModule):
     attn_kind = "bam"
+    readouts: ClassVar[dict[str, str]] = {"channel": "channel_logits", "spatial": "spatial_logits", "gate": "gate"}
+    spatial_mask_tap = "tap_gate"  # BAM's channel branch acts only through the joint gate
+
+    def derive_readouts(self, record) -> None:
+        # BAM has no single spatial gate; the effective mask shown is the joint gate averaged over channels
+        if record.gate is not None:
+            record.spatial = record.gate.mean(dim=1, keepdim=True)
     default_placement = "stage"
 
     def __init__(

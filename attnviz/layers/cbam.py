@@ -20,6 +20,8 @@ from attnviz.layers.taps import AttentionModule, AttnTap
 
 class CBAM(AttentionModule):
     attn_kind = "cbam"
+    channel_gate_tap = "tap_channel"
+    spatial_mask_tap = "tap_spatial"
 
     def __init__(
         self,

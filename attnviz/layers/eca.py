@@ -13,6 +13,7 @@ FC layers, with a small shared kernel across neighbouring channels.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -29,6 +30,8 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
 
 class ECA(AttentionModule):
     attn_kind = "eca"
+    readouts: ClassVar[dict[str, str]] = {"channel": "channel_weights"}
+    channel_gate_tap = "tap_channel"
 
     def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2.0, b: float = 1.0):
         super().__init__()

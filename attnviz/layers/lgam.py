@@ -37,6 +37,8 @@ lowers it).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -64,6 +66,21 @@ class GroupChannelAttention(nn.Module):
 
 class LGAM(AttentionModule):
     attn_kind = "lgam"
+    readouts: ClassVar[dict[str, str]] = {"group_channel": "group_channel_weights", "spatial": "spatial"}
+    spatial_mask_tap = "tap_spatial"  # the per-group channel weights feed the ladder directly
+    records_input_norm = True
+    feature_taps = ("a_prime", "output")
+    # its per-group slicing and channel reductions force layout copies in channels_last (issue 11's
+    # AVX512-BF16 measurement: slower than contiguous under bf16; benchmarks/trainer_throughput.py)
+    channels_last_on_cpu_bf16 = False
+
+    def derive_readouts(self, record) -> None:
+        # A' (eq. (4)) and A'' (eq. (7)) are [B, C, H, W]; probes keep their per-image norms
+        record.groups = self.groups
+        if "a_prime" in record.taps:
+            record.a_prime_norm = record.taps["a_prime"].flatten(1).norm(dim=1)
+        if "output" in record.taps:
+            record.a_double_prime_norm = record.taps["output"].flatten(1).norm(dim=1)
 
     def __init__(
         self,

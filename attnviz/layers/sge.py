@@ -17,6 +17,8 @@ divides by ~eps and the gate saturates. ``min_group_channels=4`` restores the pa
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -32,6 +34,8 @@ def _group_count(channels: int, groups: int) -> int:
 
 class SGE(AttentionModule):
     attn_kind = "sge"
+    readouts: ClassVar[dict[str, str]] = {"spatial": "spatial"}
+    spatial_mask_tap = "tap_spatial"
 
     def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5, min_group_channels: int = 1):
         super().__init__()

@@ -13,6 +13,8 @@ The FCs have biases as in the reference SE implementation.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -23,6 +25,8 @@ from attnviz.layers.taps import AttentionModule, AttnTap
 
 class SqueezeExcite(AttentionModule):
     attn_kind = "se"
+    readouts: ClassVar[dict[str, str]] = {"channel": "channel_weights", "hidden": "hidden"}
+    channel_gate_tap = "tap_channel"
 
     def __init__(self, channels: int, reduction: int = 16, activation: str = "relu", min_hidden: int = 1):
         super().__init__()

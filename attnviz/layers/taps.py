@@ -9,6 +9,8 @@ Rule: never transform a value after it went through its tap, or the probe record
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -28,9 +30,34 @@ class AttnTap(nn.Module):
 
 
 class AttentionModule(nn.Module):
-    """Base class of every attention module; ``attn_kind`` names the paper's module."""
+    """Base class of every attention module: it declares what it is and what can be read from it.
+
+    A new module is one file (a subclass setting these) plus one line in ``create_attn.ATTENTIONS``;
+    probes, the trainer's statistics, interventions and the app read the declarations, not the kind.
+
+    - ``attn_kind``: the paper's module (``se``, ``lgam``, ...).
+    - ``readouts``: tap name (attribute without ``tap_``) -> ``SiteProbe`` field the probe fills with
+      what passed through that tap. The default suits a channel gate and/or a spatial mask.
+    - ``channel_gate_tap`` / ``spatial_mask_tap`` / ``branch_weights_tap``: the tap attribute holding the
+      module's overridable channel weights [B, C], spatial mask [B, 1|G|C, H, W] or branch weights
+      (``attnviz.interventions``), or None when it has none.
+    - ``records_input_norm``: the probe also records the per-image L2 norm of the module's input.
+    - ``feature_taps``: taps holding full feature maps, dropped from a probe unless asked for.
+    - ``channels_last_on_cpu_bf16``: False when this module trains slower in channels_last under bf16
+      autocast on a CPU, so the trainer's ``memory_format="auto"`` keeps such a model contiguous there.
+    """
 
     attn_kind: str = "none"
+    readouts: ClassVar[dict[str, str]] = {"channel": "channel_weights", "spatial": "spatial"}
+    channel_gate_tap: ClassVar[str | None] = None
+    spatial_mask_tap: ClassVar[str | None] = None
+    branch_weights_tap: ClassVar[str | None] = None
+    records_input_norm: ClassVar[bool] = False
+    feature_taps: ClassVar[tuple[str, ...]] = ()
+    channels_last_on_cpu_bf16: ClassVar[bool] = True
+
+    def derive_readouts(self, record) -> None:
+        """Fill the probe fields computed from the raw taps (``record`` is a ``SiteProbe``); none by default."""
 
     def taps(self) -> dict[str, AttnTap]:
         """The module's own taps by attribute name (``tap_channel`` ...)."""

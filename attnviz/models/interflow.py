@@ -17,6 +17,7 @@ aux_weight * mean_i CE(z_i) over the branches (GoogLeNet-style auxiliary losses,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -29,6 +30,14 @@ MODES = ("hard", "soft", "per_class")
 
 class InterflowHead(AttentionModule):
     attn_kind = "interflow"
+    readouts: ClassVar[dict[str, str]] = {"branch_logits": "branch_logits", "branch_weights": "branch_weights",
+                                          "output": "output"}
+    branch_weights_tap = "tap_branch_weights"
+
+    def derive_readouts(self, record) -> None:
+        if record.branch_logits is not None:
+            record.branch_probs = torch.softmax(record.branch_logits.float(), dim=-1)
+        record.mode = self.mode
 
     def __init__(
         self,

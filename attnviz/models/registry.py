@@ -287,10 +287,3 @@ def list_models(include_interflow: bool = True) -> list[str]:
         if include_interflow:
             specs += [f"{arch}-interflow-{mode}" for mode in MODES]
     return specs
-
-
-def attention_sites(model: nn.Module) -> list[str]:
-    """Qualified names of the model's attention modules (the site ids of probes and the UI)."""
-    from attnviz.layers.taps import AttentionModule
-
-    return [name for name, m in model.named_modules() if isinstance(m, AttentionModule)]

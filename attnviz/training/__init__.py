@@ -52,7 +52,6 @@ from attnviz.training.batches import augment_batch
 from attnviz.training.loop import CANCEL_FILE, train
 from attnviz.training.metrics import EVAL_BATCH, attention_statistics, evaluate
 from attnviz.training.recipe import (
-    CONTIGUOUS_ON_CPU_BF16,
     Recipe,
     TrainResult,
     cpu_supports_bf16,
@@ -64,7 +63,6 @@ from attnviz.training.setup import default_name
 
 __all__ = [
     "CANCEL_FILE",
-    "CONTIGUOUS_ON_CPU_BF16",
     "EVAL_BATCH",
     "Recipe",
     "TrainResult",

@@ -7,8 +7,9 @@ Schedules (the learning rate is a pure function of the global step, nothing to s
 
 Precision (``Recipe.precision``/``memory_format``, resolved by :func:`resolve_precision`): ``auto`` =
 bf16 autocast on CUDA and on a CPU with native bf16 kernels (AVX512-BF16/AMX), else float32;
-channels_last on CUDA and on the CPU except, under bf16 on a CPU, the kinds in
-``CONTIGUOUS_ON_CPU_BF16`` (measured slower: ``benchmarks/trainer_throughput.py`` prints both formats).
+channels_last on CUDA and on the CPU except, under bf16 on a CPU, for a model holding a module that
+declares ``channels_last_on_cpu_bf16 = False`` (LGAM; ``benchmarks/trainer_throughput.py`` prints both
+formats).
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ OPTIMIZERS = ("sgd", "nesterov")
 SCHEDULES = ("onecycle", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-# Attention kinds whose training step is slower in channels_last under bf16 autocast on a CPU (issue 11,
-# an AVX512-BF16 machine: resnet20-lgam 722 img/s contiguous vs 539 channels_last; its per-group
-# slicing and channel reductions force layout copies). In float32 channels_last was faster for every
-# kind on the 2-core AVX2 build machine (benchmarks/trainer_throughput.py prints both formats).
-# ``memory_format="auto"`` keeps these contiguous only for bf16 on a CPU; channels_last otherwise.
-CONTIGUOUS_ON_CPU_BF16 = ("lgam",)
 
 Callback = Callable[[dict], None]
 
@@ -62,7 +57,7 @@ class Recipe:
     # auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), float32 otherwise.
     # BatchNorm, the loss and the optimizer stay float32 (autocast's own op lists decide per op).
     precision: str = "auto"  # auto | fp32 | bf16
-    memory_format: str = "auto"  # auto | contiguous | channels_last (auto: see CONTIGUOUS_ON_CPU_BF16)
+    memory_format: str = "auto"  # auto | contiguous | channels_last (auto: see resolve_precision)
     compile: bool = False
     deterministic: bool = False  # CUDA only: deterministic kernels
     probe_size: int = 256
@@ -159,8 +154,9 @@ def resolve_precision(recipe: Recipe, device: torch.device, model: nn.Module) ->
         fast = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
         dtype = torch.bfloat16 if fast else None
     if recipe.memory_format == "auto":
-        kinds = {getattr(module, "attn_kind", None) for module in model.modules()}
-        slower = device.type == "cpu" and dtype is not None and kinds & set(CONTIGUOUS_ON_CPU_BF16)
+        # a module declares when channels_last is slower for it under bf16 on a CPU (LGAM)
+        slower = device.type == "cpu" and dtype is not None and any(
+            not getattr(module, "channels_last_on_cpu_bf16", True) for module in model.modules())
         channels_last = device.type in ("cuda", "cpu") and not slower
     else:
         channels_last = recipe.memory_format == "channels_last"
