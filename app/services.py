@@ -309,7 +309,7 @@ def explain_images(model_id: str, digests: tuple[str, ...], _items: list[dict], 
 def _faithfulness_one(model_id: str, digest: str, _item: dict, method: str, target, layer: str | None) -> list[dict]:
     import numpy as np
 
-    from attnviz.explanations import deletion_insertion
+    from attnviz.faithfulness import deletion_insertion
 
     maps = [e for e in _explain_one(model_id, digest, _item, method, target, layer, False) if e["branch"] is None]
     _count("faithfulness")
@@ -332,9 +332,9 @@ def faithfulness_scores(model_id: str, digests: tuple[str, ...], _items: list[di
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def module_mask_scores(model_id: str, digests: tuple[str, ...], _items: list[dict]) -> dict[str, dict]:
-    """The modules' own spatial masks (`attnviz.explanations.module_masks`, input resolution) with their
+    """The modules' own spatial masks (`attnviz.faithfulness.module_masks`, input resolution) with their
     deletion / insertion AUC for the predicted class: site -> {"masks": [N, H, W], "deletion", "insertion"}."""
-    from attnviz.explanations import deletion_insertion, module_masks
+    from attnviz.faithfulness import deletion_insertion, module_masks
 
     _count("masks")
     model, card = load_model(model_id)
@@ -510,9 +510,9 @@ def _sample_batch(card: dict, limit: int | None = None):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def excitation_profiles(model_id: str, sha256: str | None) -> dict:
-    """Class-wise excitation profiles over the sample test set (`attnviz.explanations.excitation_profiles`):
+    """Class-wise excitation profiles over the sample test set (`attnviz.profiles.excitation_profiles`):
     ``{"sites", "kinds", "mean": {site: [K, C]}, "std", "counts", "specialisation", "class_names"}``."""
-    from attnviz.explanations import excitation_profiles as _profiles
+    from attnviz.profiles import excitation_profiles as _profiles
 
     _count("profiles")
     model, card = load_model(model_id)

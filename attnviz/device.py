@@ -46,3 +46,9 @@ def describe_device(device: torch.device) -> str:
         return "Apple MPS"
     return f"CPU ({torch.get_num_threads()} threads)"
 
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

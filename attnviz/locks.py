@@ -8,14 +8,18 @@ thread would also see another thread's forward pass, so such calls must not inte
 The lock is a re-entrant ``threading.RLock`` (``explain`` holds it and calls ``probe`` which takes it
 again). Locks live in a ``WeakKeyDictionary`` so a model that is garbage-collected takes its lock
 with it; the registry itself is guarded by a global lock so two threads asking for the same model's
-lock at once get the same object.
+lock at once get the same object. :func:`borrowed` is the lock plus eval mode (and, for explanations,
+frozen parameters with gradients on), restored exactly on exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
+from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 _registry_guard = threading.Lock()
@@ -30,3 +34,35 @@ def model_lock(model: nn.Module) -> threading.RLock:
             lock = threading.RLock()
             _locks[model] = lock
         return lock
+
+
+@contextlib.contextmanager
+def borrowed(model: nn.Module, *, for_gradients: bool = False) -> Iterator[nn.Module]:
+    """Use a (possibly shared) model for one call: hold its lock and put every submodule in eval mode.
+
+    ``for_gradients``: also stop the parameters requiring grad (no weight gradient is computed or
+    accumulated) and enable gradients, also under a caller's ``torch.no_grad()``,
+    ``set_grad_enabled(False)`` or ``inference_mode()`` (an explanation back-propagates to an input or a
+    layer). On exit every submodule's mode, every ``requires_grad`` flag and the caller's grad state
+    are restored exactly, also after an exception. The one way the library borrows a model: probes,
+    explanations, faithfulness metrics and the trainer's evaluation all go through it.
+    """
+    with model_lock(model), contextlib.ExitStack() as stack:
+        if for_gradients:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+        # Only what differs is recorded and restored (shared app models are already frozen and in
+        # eval mode, so this costs next to nothing for them).
+        trainable = [p for p in model.parameters() if p.requires_grad] if for_gradients else []
+        training = [m for m in model.modules() if m.training]
+        try:
+            for p in trainable:
+                p.requires_grad_(False)
+            for m in training:
+                m.training = False
+            yield model
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+            for m in training:  # (pytorch-grad-cam's constructor also calls model.eval())
+                m.training = True

@@ -46,7 +46,7 @@ from torch import nn
 
 from attnviz.errors import AttnvizError
 from attnviz.layers.taps import AttentionModule, AttnTap
-from attnviz.locks import model_lock
+from attnviz.locks import borrowed, model_lock
 
 
 @dataclass
@@ -229,12 +229,11 @@ def probe(model: nn.Module, x: torch.Tensor, feature_layers: Sequence[str] | Ite
     (otherwise only their norms are kept, which is what the app and the CLI show).
     """
     feature_layers = list(feature_layers)
-    with model_lock(model):
+    with borrowed(model) if eval_mode else model_lock(model):
         sites = attention_sites(model)
         feature_modules = {name: _resolve(model, name) for name in feature_layers}
         recorder = _Recorder()
         handles = []
-        modes = [(m, m.training) for m in model.modules()] if eval_mode else []
         try:
             for site, module in sites.items():
                 for attr, tap in module.named_children():
@@ -244,15 +243,11 @@ def probe(model: nn.Module, x: torch.Tensor, feature_layers: Sequence[str] | Ite
                     handles.append(module.register_forward_pre_hook(recorder.input_norm_hook(site)))
             for name, module in feature_modules.items():
                 handles.append(module.register_forward_hook(recorder.feature_hook(name)))
-            if eval_mode:
-                model.eval()
             with torch.no_grad():
                 logits = model(x)
         finally:
             for handle in handles:
                 handle.remove()
-            for module, training in modes:
-                module.training = training
     result_sites = {}
     for site, module in sites.items():
         taps = recorder.tap_records.get(site, {})

@@ -54,7 +54,7 @@ def test_explain_works_inside_a_callers_no_grad_and_restores_it(method, context)
 
 
 def test_faithfulness_metrics_work_inside_no_grad():
-    from attnviz.explanations import deletion_insertion
+    from attnviz.faithfulness import deletion_insertion
 
     model = _model()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))

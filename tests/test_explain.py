@@ -14,20 +14,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from attnviz.errors import AttnvizError
-from attnviz.explanations import (
-    CAM_METHODS,
-    METHODS,
-    ExcitationProfiles,
-    blurred,
-    deletion_insertion,
-    excitation_profiles,
-    explain,
-    module_masks,
-    road,
-    specialisation_score,
-)
+from attnviz.explanations import CAM_METHODS, METHODS, explain
+from attnviz.faithfulness import blurred, deletion_insertion, module_masks, road
 from attnviz.models.registry import create_model
 from attnviz.overlay import colorize, overlay, overlay_png, shared_range
+from attnviz.profiles import ExcitationProfiles, excitation_profiles, specialisation_score
 
 
 def build(spec: str, num_classes: int = 10) -> torch.nn.Module:
@@ -403,3 +394,24 @@ def test_shared_range_gives_one_scale_for_several_maps():
     # on the shared scale the weak map stays dark and the strong one bright
     assert colorize(weak, "gray", low, high).max() == 0
     assert colorize(strong, "gray", low, high).min() == 255
+
+
+@pytest.mark.slow  # Score-CAM: one forward pass per channel, twice
+def test_score_cam_is_the_librarys_map_without_its_progress_bar(capfd):
+    import pytorch_grad_cam as pgc
+
+    model = build("resnet20-se")
+    x = images(batch=2)
+    ours = explain(model, x, target=[3, 5], method="scorecam", branches=False)
+    capfd.readouterr()  # what explain printed on stderr is checked below, separately
+    explain(model, x, target=[3, 5], method="scorecam", branches=False)
+    assert "it/s" not in capfd.readouterr().err  # no tqdm bar
+    layer = model.get_submodule(model.default_cam_layer)
+
+    def score(c):
+        return lambda output: output[..., c]
+
+    with pgc.ScoreCAM(model=model, target_layers=[layer]) as cam:  # the library's own class, as shipped
+        library = cam(input_tensor=x, targets=[score(3), score(5)])
+    for mine, theirs in zip(ours, library, strict=True):
+        np.testing.assert_allclose(mine.heatmap, theirs, rtol=1e-5, atol=1e-6)

@@ -70,7 +70,7 @@ def test_a_registered_module_is_built_probed_and_counted(registered):
 
 
 def test_a_registered_module_can_be_intervened_on_and_drawn(registered):
-    from attnviz.explanations import module_masks
+    from attnviz.faithfulness import module_masks
     from attnviz.interventions import Intervention, applicable_methods, intervene
     from attnviz.overlay import overlay_png
 

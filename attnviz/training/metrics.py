@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnviz.data import preprocess
+from attnviz.locks import borrowed
 from attnviz.probes import dead_units, probe
 
 EVAL_BATCH = 500
@@ -39,17 +40,16 @@ def evaluate(
 ) -> dict:
     """Accuracy, loss (plain cross-entropy, no smoothing), per-class accuracy and n on ``images``.
 
-    The model is put in eval mode for the call and restored afterwards. With the defaults (CPU,
-    float32, batches of ``EVAL_BATCH``) this is exactly what ``attnviz eval`` runs.
+    The model is borrowed for the call (``attnviz.locks.borrowed``: its lock and eval mode, restored
+    afterwards). With the defaults (CPU, float32, batches of ``EVAL_BATCH``) this is exactly what
+    ``attnviz eval`` runs.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     num_classes = num_classes or int(getattr(model, "num_classes", int(labels.max()) + 1))
-    was_training = model.training
-    model.eval()
     correct_per_class = torch.zeros(num_classes, dtype=torch.int64)
     count_per_class = torch.zeros(num_classes, dtype=torch.int64)
     loss_sum = 0.0
-    try:
+    with borrowed(model):
         for start in range(0, images.shape[0], batch_size):
             batch = preprocess(images[start : start + batch_size].to(device), mean, std)
             if channels_last:
@@ -63,8 +63,6 @@ def evaluate(
             target_cpu = target.cpu()
             count_per_class += torch.bincount(target_cpu, minlength=num_classes)
             correct_per_class += torch.bincount(target_cpu[hits], minlength=num_classes)
-    finally:
-        model.train(was_training)
     n = int(count_per_class.sum())
     per_class = [
         (float(c) / float(t) if t > 0 else None)
