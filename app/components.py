@@ -311,22 +311,23 @@ def target_label(choice: str, class_names: list[str]) -> str:
     return class_names[index] if index < len(class_names) else str(index)
 
 
-def score_rows(models: list[dict], results: dict, scores: dict, images: list[dict], class_names: list[str]) -> list[dict]:
-    """One row per (picture, model, target) with probabilities and faithfulness, for tables and reports."""
+def score_rows(models: list[dict], results: dict, pictures: list, class_names: list[str]) -> list[dict]:
+    """One row per (picture, model, target) with probabilities and faithfulness, for tables and reports;
+    ``results[model id][picture index]`` is an `attnviz.inspection.Inspection`."""
+
+    def name(index: int):
+        return class_names[index] if index < len(class_names) else index
+
     rows = []
     for m in models:
-        if m["id"] not in results:
-            continue
-        maps = [e for e in results[m["id"]]["maps"] if e["branch"] is None]
-        for j, e in enumerate(maps):
-            row = {"picture": images[e["image_index"]]["name"], "model": m["name"],
-                   "target": class_names[e["target"]] if e["target"] < len(class_names) else e["target"],
-                   "target probability": round(float(e["target_prob"]), 4),
-                   "predicted": class_names[e["predicted"]] if e["predicted"] < len(class_names) else e["predicted"]}
-            if m["id"] in scores:
-                row["deletion AUC"] = round(scores[m["id"]][j]["deletion"], 4)
-                row["insertion AUC"] = round(scores[m["id"]][j]["insertion"], 4)
-            rows.append(row)
+        for picture, inspection in zip(pictures, results.get(m["id"], []), strict=False):
+            for j, e in enumerate(inspection.own_maps):
+                row = {"picture": picture.name, "model": m["name"], "target": name(e.target),
+                       "target probability": round(float(e.target_prob), 4), "predicted": name(e.predicted)}
+                if inspection.scores is not None:
+                    row["deletion AUC"] = round(inspection.scores[j].deletion, 4)
+                    row["insertion AUC"] = round(inspection.scores[j].insertion, 4)
+                rows.append(row)
     return rows
 
 
@@ -540,7 +541,7 @@ def intervention_panel(models: list[dict], pictures: list[dict], *, key: str) ->
     elif method in ("branch_off", "branch_only"):
         branch = c_arg.selectbox("Branch", list(range(int(info["branches"]))), format_func=lambda b: f"branch {b + 1}",
                                  key=f"{key}_iv_branch")
-    digests = tuple(item["digest"] for item in pictures)
+    digests = tuple(item.digest for item in pictures)
     try:
         effect = services.intervention_effect(model_id, model["weights_sha256"], digests, pictures, site, method,
                                               None if k is None else int(k), branch)
@@ -555,11 +556,11 @@ def intervention_panel(models: list[dict], pictures: list[dict], *, key: str) ->
         new = int(np.argmax(after))
         changed += int(new != target)
         c_before, c_after, c_bars = st.columns([1, 1, 2])
-        c_before.image(services.overlay_png(item["display"], effect["heatmaps_before"][index], "jet", 0.5),
+        c_before.image(services.overlay_png(item.display, effect["heatmaps_before"][index], "jet", 0.5),
                        caption=f"before · {class_names[target]} {before[target]:.0%}", width="stretch")
         said = (f"{class_names[new]} {after[new]:.0%}" if new == target
                 else f"now says {class_names[new]} {after[new]:.0%} · {class_names[target]} {after[target]:.0%}")
-        c_after.image(services.overlay_png(item["display"], effect["heatmaps_after"][index], "jet", 0.5),
+        c_after.image(services.overlay_png(item.display, effect["heatmaps_after"][index], "jet", 0.5),
                       caption=f"after · {said}", width="stretch")
         c_bars.plotly_chart(topk_figure({"before": before, "after": after}, class_names, ["#64748b", "#c2410c"], k=4),
                             key=f"{key}_iv_bars_{index}")

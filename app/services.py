@@ -196,13 +196,12 @@ def chosen_models() -> list[str]:
 # ------------------------------------------------------------------------------------------ images
 # model-side work done per (kind of result) in this process, for tests: a display-only change adds 0
 COMPUTE_COUNTS: Counter[str] = Counter()
-DISPLAY_SIDE = 224  # pictures are shown at this size (CIFAR's 32 px upscaled, photos reduced)
-SOURCE_MAX_SIDE = 512  # the copy kept for the models' input; the full upload is not kept in memory
 
 
-def _count(kind: str) -> None:
+def _count(*kinds: str) -> None:
     with _COUNT_LOCK:
-        COMPUTE_COUNTS[kind] += 1
+        for kind in kinds:
+            COMPUTE_COUNTS[kind] += 1
 
 
 @st.cache_data(show_spinner=False)
@@ -215,43 +214,24 @@ def gallery() -> dict[str, list[str]]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=128)
-def _decode(digest: str, _data: bytes) -> dict:
-    from PIL import Image
+def _picture(digest: str, name: str, _data: bytes):
+    from attnviz.inspection import read_picture
 
-    from attnviz.errors import ImageError
-    from attnviz.images import letterbox, read_image
-
-    try:
-        loaded = read_image(_data)
-    except ImageError as err:
-        return {"error": str(err)}
-    image = loaded.image
-    source = image.copy()
-    if max(source.size) > SOURCE_MAX_SIDE:
-        source.thumbnail((SOURCE_MAX_SIDE, SOURCE_MAX_SIDE), Image.Resampling.LANCZOS)
-    scale = DISPLAY_SIDE / max(image.size)
-    display_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    resample = Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS
-    display = source.resize(display_size, resample)
-    return {"error": None, "source": source, "display": display, "thumbnail": letterbox(display, DISPLAY_SIDE),
-            "notes": list(loaded.notes), "size": image.size, "format": loaded.format}
+    return read_picture(name, _data)
 
 
-def decode(name: str, data: bytes) -> dict:
-    """An input picture through `attnviz.images.read_image`: ``{"name", "digest", "error"}`` plus, when
-    it decoded, ``source`` (<= 512 px, what the models see), ``display`` (224 px, its own aspect ratio: what
-    heat maps are drawn on), ``thumbnail`` (``display`` in a 224 px square: what pages show) and ``notes``.
-    A bad file gets ``error`` = one sentence and no picture; it never raises."""
+def decode(name: str, data: bytes):
+    """An input picture as an `attnviz.inspection.Picture` (decoded once per process and content): a bad
+    file gets ``error`` = one sentence and no picture; it never raises."""
     import hashlib
 
-    digest = hashlib.sha256(data).hexdigest()
-    return {"name": name, "digest": digest, **_decode(digest, data)}
+    return _picture(hashlib.sha256(data).hexdigest(), name, data)
 
 
-def _inputs(card: dict, items: list[dict]):
+def _inputs(card: dict, pictures: list):
     from attnviz.images import preprocess
 
-    return preprocess([item["source"] for item in items], card)
+    return preprocess([picture.source for picture in pictures], card)
 
 
 def _np(value):
@@ -263,14 +243,14 @@ def _np(value):
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def probe_images(model_id: str, digests: tuple[str, ...], _items: list[dict]) -> dict:
+def probe_images(model_id: str, digests: tuple[str, ...], _pictures: list) -> dict:
     """One forward pass with every attention tap recorded (`attnviz.probe`), as numpy:
     ``{"probs": [N, K], "sites": {site: {"kind", "channel_weights", "hidden", "spatial", ...}}}``."""
     from attnviz.probes import probe
 
     _count("probe")
     model, card = load_model(model_id)
-    result = probe(model, _inputs(card, _items))
+    result = probe(model, _inputs(card, _pictures))
     sites = {}
     for site in result:
         fields = {k: _np(v) for k, v in vars(site).items() if k not in ("taps",)}
@@ -278,76 +258,18 @@ def probe_images(model_id: str, digests: tuple[str, ...], _items: list[dict]) ->
     return {"probs": _np(result.probs), "sites": sites}
 
 
-# Heat maps and their scores are cached per picture (not per set of pictures): adding a picture to a
-# page then computes that picture alone, which matters most when several sessions share the cores.
+# Inspections are cached per picture (not per set of pictures): adding a picture to a page then computes
+# that picture alone, which matters most when several sessions share the cores.
 @st.cache_data(show_spinner=False, max_entries=2048)
-def _explain_one(model_id: str, digest: str, _item: dict, method: str, target, layer: str | None,
-                 branches: bool) -> list[dict]:
-    from attnviz.explanations import explain
+def inspect(model_id: str, digest: str, _picture, method: str = "gradcam", target="predicted",
+            layer: str | None = None, scores: bool = False, masks: bool = False, branches: bool = False):
+    """What one model makes of one picture (`attnviz.inspection.inspect_picture`): an ``Inspection``."""
+    from attnviz.inspection import inspect_picture
 
-    _count("explain")
+    _count("explain", *(["faithfulness"] if scores else []), *(["masks"] if masks else []))
     model, card = load_model(model_id)
-    results = explain({model_id: model}, _inputs(card, [_item]), target=target, method=method, layer=layer,
-                      branches=branches)
-    return [{"image_index": 0, "rank": r.rank, "branch": r.branch, "target": r.target,
-             "target_prob": r.target_prob, "predicted": r.predicted, "layer": r.layer, "heatmap": r.heatmap,
-             "raw": r.raw} for r in results]
-
-
-def explain_images(model_id: str, digests: tuple[str, ...], _items: list[dict], method: str,
-                   target, layer: str | None, branches: bool = False) -> list[dict]:
-    """Heat maps of one model for pictures (`attnviz.explanations`) as plain dicts, picture by picture;
-    ``image_index`` is the picture's position in ``_items``."""
-    maps = []
-    for index, (digest, item) in enumerate(zip(digests, _items, strict=True)):
-        maps += [{**e, "image_index": index}
-                 for e in _explain_one(model_id, digest, item, method, target, layer, branches)]
-    return maps
-
-
-@st.cache_data(show_spinner=False, max_entries=2048)
-def _faithfulness_one(model_id: str, digest: str, _item: dict, method: str, target, layer: str | None) -> list[dict]:
-    import numpy as np
-
-    from attnviz.faithfulness import deletion_insertion
-
-    maps = [e for e in _explain_one(model_id, digest, _item, method, target, layer, False) if e["branch"] is None]
-    _count("faithfulness")
-    model, card = load_model(model_id)
-    x = _inputs(card, [_item]).repeat(len(maps), 1, 1, 1)
-    scores = deletion_insertion(model, x, np.stack([e["heatmap"] for e in maps]), [e["target"] for e in maps])
-    return [{"deletion": float(d), "insertion": float(i), "deletion_curve": dc, "insertion_curve": ic}
-            for d, i, dc, ic in zip(scores.deletion_auc, scores.insertion_auc, scores.deletion_curve,
-                                    scores.insertion_curve, strict=True)]
-
-
-def faithfulness_scores(model_id: str, digests: tuple[str, ...], _items: list[dict], method: str,
-                        target, layer: str | None) -> list[dict]:
-    """Deletion / insertion AUC of each map of `explain_images` (same order; branch maps left out)."""
-    scores = []
-    for digest, item in zip(digests, _items, strict=True):
-        scores += _faithfulness_one(model_id, digest, item, method, target, layer)
-    return scores
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def module_mask_scores(model_id: str, digests: tuple[str, ...], _items: list[dict]) -> dict[str, dict]:
-    """The modules' own spatial masks (`attnviz.faithfulness.module_masks`, input resolution) with their
-    deletion / insertion AUC for the predicted class: site -> {"masks": [N, H, W], "deletion", "insertion"}."""
-    from attnviz.faithfulness import deletion_insertion, module_masks
-
-    _count("masks")
-    model, card = load_model(model_id)
-    x = _inputs(card, _items)
-    masks = module_masks(model, x)
-    if not masks:
-        return {}
-    predicted = probe_images(model_id, digests, _items)["probs"].argmax(axis=1).tolist()
-    out = {}
-    for site, array in masks.items():
-        scores = deletion_insertion(model, x, array, predicted)
-        out[site] = {"masks": array, "deletion": scores.deletion_auc, "insertion": scores.insertion_auc}
-    return out
+    return inspect_picture(model, card, _picture.source, method=method, target=target, layer=layer,
+                           scores=scores, masks=masks, branches=branches, name=model_id)
 
 
 def model_layers(model_id: str) -> dict:
@@ -372,12 +294,11 @@ def colormaps() -> list[str]:
 
 
 def overlay_png(display, heatmap, colormap: str, opacity: float, vmin: float = 0.0, vmax: float = 1.0) -> bytes:
-    """PNG of a heat map over the display picture in a square cell (`attnviz.overlay.overlay_png`, any
-    aspect ratio); not cached: cheap."""
-    from attnviz.overlay import overlay_png as _overlay_png
+    """PNG of a heat map over the display picture in a square cell (`attnviz.inspection.heat_map_png`);
+    not cached: cheap."""
+    from attnviz.inspection import heat_map_png
 
-    return _overlay_png(display, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax,
-                        canvas=DISPLAY_SIDE)
+    return heat_map_png(display, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax)
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -537,13 +458,13 @@ def dead_units(model_id: str, sha256: str | None, n_images: int = 250) -> dict:
     return {"per_site": result.per_site, "fraction": result.fraction, "n_images": int(x.shape[0])}
 
 
-def usable_pictures(sources: list[tuple[str, bytes]], limit: int) -> list[dict]:
+def usable_pictures(sources: list[tuple[str, bytes]], limit: int) -> list:
     """Decode the chosen pictures; each bad one gets one sentence in its place, the good ones come back."""
-    items = [decode(name, data) for name, data in sources]
-    for item in items:
-        if item["error"]:
-            st.warning(f"{item['name']} could not be used: {item['error']}.", icon=":material/broken_image:")
-    return [item for item in items if item["error"] is None][:limit]
+    pictures = [decode(name, data) for name, data in sources]
+    for picture in pictures:
+        if picture.error:
+            st.warning(f"{picture.name} could not be used: {picture.error}.", icon=":material/broken_image:")
+    return [picture for picture in pictures if picture.error is None][:limit]
 
 
 # ------------------------------------------------------------------------- sanity and interventions
@@ -551,7 +472,7 @@ SANITY_METHODS = ("gradcam", "gradcam++", "saliency", "guided_backprop", "integr
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def sanity_check(model_id: str, sha256: str | None, digest: str, _item: dict, methods: tuple[str, ...],
+def sanity_check(model_id: str, sha256: str | None, digest: str, _picture, methods: tuple[str, ...],
                  mode: str = "cascading") -> dict:
     """The model-parameter randomisation test for one picture (`attnviz.sanity.randomisation_test`, on a
     private copy of the shared model): ``{"labels", "heatmaps": {method: [step maps]}, "curves": {method:
@@ -560,7 +481,7 @@ def sanity_check(model_id: str, sha256: str | None, digest: str, _item: dict, me
 
     _count("sanity")
     model, card = load_model(model_id)
-    result = randomisation_test(model, _inputs(card, [_item]), methods=list(methods), mode=mode, seed=0)
+    result = randomisation_test(model, _inputs(card, [_picture]), methods=list(methods), mode=mode, seed=0)
     return {"labels": result.labels, "randomised": [step.randomised for step in result.steps],
             "heatmaps": {m: [step.heatmaps[m][0] for step in result.steps] for m in result.methods},
             "curves": {m: {metric: result.curve(m, metric) for metric in METRICS} for m in result.methods},
@@ -586,7 +507,7 @@ def intervention_labels() -> dict[str, str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def intervention_effect(model_id: str, sha256: str | None, digests: tuple[str, ...], _items: list[dict], site: str,
+def intervention_effect(model_id: str, sha256: str | None, digests: tuple[str, ...], _pictures: list, site: str,
                         method: str, k: int | None = None, branch: int | None = None) -> dict:
     """Predictions and Grad-CAM before / inside one intervention (`attnviz.interventions.intervention_effect`).
 
@@ -600,7 +521,7 @@ def intervention_effect(model_id: str, sha256: str | None, digests: tuple[str, .
 
     _count("intervention")
     model, card = load_model(model_id)
-    x = _inputs(card, _items)
+    x = _inputs(card, _pictures)
     value = classes = None
     if method in ("channel_mean", "channel_class_mean"):
         profiles = excitation_profiles(model_id, sha256)
@@ -614,7 +535,7 @@ def intervention_effect(model_id: str, sha256: str | None, digests: tuple[str, .
             value = (counts[:, None] * table).sum(axis=0) / max(counts.sum(), 1.0)
         else:
             value = table
-            classes = probe_images(model_id, digests, _items)["probs"].argmax(axis=1).tolist()
+            classes = probe_images(model_id, digests, _pictures)["probs"].argmax(axis=1).tolist()
     intervention = Intervention(site, method, k=k, branch=branch, value=value, classes=classes)
     effect = _effect(model, x, [intervention], method="gradcam")
     return {"probs_before": effect.probs_before, "probs_after": effect.probs_after, "targets": effect.targets,

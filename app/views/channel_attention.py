@@ -35,10 +35,10 @@ good = services.usable_pictures(sources, limit=2)
 if not good:
     st.info("Pick one picture (or two, to compare them).")
     st.stop()
-digests = tuple(item["digest"] for item in good)
+digests = tuple(item.digest for item in good)
 picture_cols = st.columns(4)
 for col, item in zip(picture_cols, good, strict=False):
-    col.image(item["thumbnail"], caption=item["name"], width="stretch")
+    col.image(item.thumbnail, caption=item.name, width="stretch")
 
 probes = {}
 for m in se_models:
@@ -54,7 +54,7 @@ def weights_of(model_id: str, index: int) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------- block x channel maps
-st.subheader(f"Every block's channel weights for {good[0]['name']}")
+st.subheader(f"Every block's channel weights for {good[0].name}")
 cols = st.columns(len(probes))
 for col, model_id in zip(cols, probes, strict=True):
     with col:
@@ -76,7 +76,7 @@ if any_sites:
         for index, item in enumerate(good):
             w = weights_of(model_id, index)
             if site in w:
-                series[item["name"]] = w[site]
+                series[item.name] = w[site]
         with col:
             if series:
                 st.plotly_chart(ui.channel_bars_figure(series, ["#c2410c", "#1d4ed8"][: len(series)]),
@@ -89,7 +89,7 @@ if any_sites:
 
 # ------------------------------------------------------------------------------------- two pictures
 if len(good) == 2 and probes:
-    st.subheader(f"{good[0]['name']} vs {good[1]['name']}")
+    st.subheader(f"{good[0].name} vs {good[1].name}")
     lines = {}
     for model_id in probes:
         a, b = weights_of(model_id, 0), weights_of(model_id, 1)

@@ -19,7 +19,7 @@ colors = [ui.model_color(i) for i in range(len(models))]
 
 sources = ui.image_inputs(services.gallery(), key="inspect")
 items = [services.decode(name, data) for name, data in sources]
-good = [item for item in items if item["error"] is None]
+good = [item for item in items if item.error is None]
 if not items:
     st.info("Pick a gallery image, upload one, or take a picture to begin.")
     st.stop()
@@ -56,20 +56,14 @@ def layer_of(model_id: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ compute
-digests = tuple(item["digest"] for item in good)
-results, scores, masks, errors = {}, {}, {}, {}
+# results[model id][picture index]: an attnviz.inspection.Inspection (cached per model and picture)
+results, errors = {}, {}
 if good:
     with st.spinner(f"Running {ui.METHOD_LABELS.get(method, method)} on {len(good)} picture(s) x {len(models)} model(s)..."):
         for m in models:
             try:
-                probs = services.probe_images(m["id"], digests, good)["probs"]
-                maps = services.explain_images(m["id"], digests, good, method, target, layer_of(m["id"]))
-                results[m["id"]] = {"probs": probs, "maps": maps}
-                if show_scores:
-                    scores[m["id"]] = services.faithfulness_scores(m["id"], digests, good, method, target,
-                                                                   layer_of(m["id"]))
-                if show_masks:
-                    masks[m["id"]] = services.module_mask_scores(m["id"], digests, good)
+                results[m["id"]] = [services.inspect(m["id"], item.digest, item, method, target, layer_of(m["id"]),
+                                                     scores=show_scores, masks=show_masks) for item in good]
             except services.user_errors() as err:
                 errors[m["id"]] = str(err)
 for model_id, message in errors.items():
@@ -78,11 +72,11 @@ for model_id, message in errors.items():
 # ------------------------------------------------------------------------------------- predictions
 st.subheader("Predictions")
 for index, item in enumerate(good):
-    probs = {zoo[mid]["name"]: r["probs"][index] for mid, r in results.items()}
+    probs = {zoo[mid]["name"]: per_picture[index].probs for mid, per_picture in results.items()}
     if not probs:
         break
     left, right = st.columns([1, 5], vertical_alignment="center")
-    left.image(item["thumbnail"], caption=item["name"], width=120)
+    left.image(item.thumbnail, caption=item.name, width=120)
     right.plotly_chart(ui.topk_figure(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
                        key=f"inspect_topk_{index}")
 st.caption("Top-5 classes of each model for each picture: look for models that agree, and for how sure "
@@ -108,46 +102,45 @@ def heat_map_grid() -> None:
         tag = " *(untrained)*" if m["source"] == "untrained" else ""
         col.markdown(f"<span style='color:{colors[chosen.index(m['id'])]}'>■</span> **{m['name']}**{tag}",
                      unsafe_allow_html=True)
-    good_index = {item["digest"]: i for i, item in enumerate(good)}
+    good_index = {item.digest: i for i, item in enumerate(good)}
     for row, item in enumerate(items):
         cells = st.columns([1] + [2] * max(len(models), 3))
-        if item["error"] is not None:
-            cells[0].markdown(f"**{item['name']}**")
-            cells[1].warning(f"{item['name']} could not be used: {item['error']}.", icon=":material/broken_image:")
+        if item.error is not None:
+            cells[0].markdown(f"**{item.name}**")
+            cells[1].warning(f"{item.name} could not be used: {item.error}.", icon=":material/broken_image:")
             continue
-        index = good_index[item["digest"]]
-        cells[0].image(item["thumbnail"], caption=item["name"], width="stretch")  # never wider than its column
-        for note in item["notes"]:
+        index = good_index[item.digest]
+        cells[0].image(item.thumbnail, caption=item.name, width="stretch")  # never wider than its column
+        for note in item.notes:
             cells[0].caption(note)
         for col, m in zip(cells[1:], models, strict=False):
             if m["id"] not in results:
                 col.caption("no result (see the message above)")
                 continue
-            maps = [(j, e) for j, e in enumerate(results[m["id"]]["maps"]) if e["image_index"] == index
-                    and e["branch"] is None]
-            for j, e in maps:
-                png = services.overlay_png(item["display"], e["heatmap"], colormap, opacity)
-                label = class_names[e["target"]] if e["target"] < len(class_names) else str(e["target"])
-                text = f"{label} · p={e['target_prob']:.2f}"
-                if m["id"] in scores:
-                    s = scores[m["id"]][j]
-                    text += f" · deletion {s['deletion']:.3f} · insertion {s['insertion']:.3f}"
+            inspection = results[m["id"]][index]
+            for j, e in enumerate(inspection.own_maps):
+                png = services.overlay_png(item.display, e.heatmap, colormap, opacity)
+                label = class_names[e.target] if e.target < len(class_names) else str(e.target)
+                text = f"{label} · p={e.target_prob:.2f}"
+                if inspection.scores is not None:
+                    score = inspection.scores[j]
+                    text += f" · deletion {score.deletion:.3f} · insertion {score.insertion:.3f}"
                 col.image(png, caption=text, width=ui.GRID_IMAGE_WIDTH)
-                col.download_button("PNG", png, file_name=f"{item['name']}-{m['name']}-{method}-{label}.png",
+                col.download_button("PNG", png, file_name=f"{item.name}-{m['name']}-{method}-{label}.png",
                                     mime="image/png", key=f"dl_{row}_{m['id']}_{j}", icon=":material/download:",
                                     on_click="ignore")
-                figures.append({"png": png, "row": item["name"], "column": m["name"], "caption": text})
+                figures.append({"png": png, "row": item.name, "column": m["name"], "caption": text})
             if show_masks:
-                sites = list(masks.get(m["id"], {}))
+                sites = list(inspection.masks or {})
                 if not sites:
                     col.caption("no spatial mask: this model's modules are channel-only")
                     continue
                 site = sites[-1] if mask_site == "deepest site" else sites[0]
-                info = masks[m["id"]][site]
-                png = services.overlay_png(item["display"], info["masks"][index], colormap, opacity)
-                text = f"mask {site} · deletion {info['deletion'][index]:.3f} · insertion {info['insertion'][index]:.3f}"
+                reading = inspection.masks[site]
+                png = services.overlay_png(item.display, reading.mask, colormap, opacity)
+                text = f"mask {site} · deletion {reading.deletion:.3f} · insertion {reading.insertion:.3f}"
                 col.image(png, caption=text, width=ui.GRID_IMAGE_WIDTH)
-                figures.append({"png": png, "row": item["name"], "column": f"{m['name']} mask {site}", "caption": text})
+                figures.append({"png": png, "row": item.name, "column": f"{m['name']} mask {site}", "caption": text})
     st.caption("Heat maps are scaled to [0, 1] per map with one colour scale for every model; module masks "
                "are shown on their own [0, 1] values. Deletion (lower is better) and insertion (higher is "
                "better) measure how fast the class probability falls or rises when the hottest pixels go or come.")
@@ -155,22 +148,22 @@ def heat_map_grid() -> None:
         html = services.comparison_report(
             [m["id"] for m in models if m["id"] in results], method=method, target=target_choice,
             target_label=ui.target_label(target_choice, class_names), layer=f"stage {layer_choice}",
-            colormap=colormap, opacity=opacity, figures=figures, score_rows=ui.score_rows(models, results, scores,
-                                                                                        good, class_names))
+            colormap=colormap, opacity=opacity, figures=figures, score_rows=ui.score_rows(models, results, good,
+                                                                                        class_names))
         st.download_button("Download the whole comparison (HTML report)", html, file_name="attnviz-comparison.html",
                            mime="text/html", key="inspect_report", icon=":material/description:", on_click="ignore")
 
 
 heat_map_grid()
 
-if show_scores and scores and good:
+if show_scores and results and good:
     st.subheader("Deletion and insertion curves (first picture)")
-    first = {zoo[mid]["name"]: s[0] for mid, s in scores.items()}
+    first = {zoo[mid]["name"]: per_picture[0].scores[0] for mid, per_picture in results.items()}
     c1, c2 = st.columns(2)
-    mcolors = [colors[chosen.index(mid)] for mid in scores]
-    c1.plotly_chart(ui.curves_figure({n: s["deletion_curve"] for n, s in first.items()}, mcolors,
+    mcolors = [colors[chosen.index(mid)] for mid in results]
+    c1.plotly_chart(ui.curves_figure({n: s.deletion_curve for n, s in first.items()}, mcolors,
                                      y_title="target probability"), key="inspect_del")
     c1.caption("Deletion: the hottest pixels are removed first; a faithful map makes the curve drop fast.")
-    c2.plotly_chart(ui.curves_figure({n: s["insertion_curve"] for n, s in first.items()}, mcolors,
+    c2.plotly_chart(ui.curves_figure({n: s.insertion_curve for n, s in first.items()}, mcolors,
                                      y_title="target probability"), key="inspect_ins")
     c2.caption("Insertion: the hottest pixels are restored first on a blurred picture; faithful maps rise fast.")

@@ -26,7 +26,7 @@ if not good:
     st.info("Pick a picture.")
     st.stop()
 item = good[0]
-digests = (item["digest"],)
+digests = (item.digest,)
 show_maps = st.toggle("Also show each branch's Grad-CAM", value=True, key="interflow_maps")
 
 for model in models:
@@ -49,7 +49,7 @@ for model in models:
 
     st.header(f"{model['name']} · {mode}")
     left, right = st.columns([1, 3])
-    left.image(item["thumbnail"], caption=item["name"], width="stretch")
+    left.image(item.thumbnail, caption=item.name, width="stretch")
     final_top = int(np.argmax(final_probs))
     left.metric("final prediction", class_names[final_top], f"{final_probs[final_top]:.0%}", delta_color="off")
     with right:
@@ -85,16 +85,15 @@ for model in models:
 
     if show_maps:
         try:
-            maps = services.explain_images(model["id"], digests, good, "gradcam", "predicted", None, branches=True)
+            inspection = services.inspect(model["id"], item.digest, item, "gradcam", "predicted", None, branches=True)
         except services.user_errors() as err:
             st.error(f"{model['name']}: {err}")
             continue
         cols = st.columns(n + 1)
-        for col, e in zip(cols, [e for e in maps if e["branch"] is None] + sorted(
-                [e for e in maps if e["branch"] is not None], key=lambda e: e["branch"]), strict=False):
-            png = services.overlay_png(item["display"], e["heatmap"], "jet", 0.5)
-            label = "final output" if e["branch"] is None else f"branch {e['branch'] + 1} ({e['layer']})"
-            col.image(png, caption=f"{label} · {class_names[e['target']]}", width="stretch")
+        for col, e in zip(cols, inspection.own_maps + inspection.branch_maps, strict=False):
+            png = services.overlay_png(item.display, e.heatmap, "jet", 0.5)
+            label = "final output" if e.branch is None else f"branch {e.branch + 1} ({e.layer})"
+            col.image(png, caption=f"{label} · {class_names[e.target]}", width="stretch")
         st.caption("Grad-CAM of the final output (left) and of each branch's own score for the same class at "
                    "its own stage: shallow branches look at fine texture, deep ones at whole objects.")
 

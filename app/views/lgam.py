@@ -27,7 +27,7 @@ if not good:
     st.info("Pick a picture.")
     st.stop()
 item = good[0]
-digests = (item["digest"],)
+digests = (item.digest,)
 
 
 @st.fragment
@@ -42,7 +42,7 @@ def spatial_maps(model: dict, sites: dict) -> None:
         cols = st.columns(per_row)
         for col, site in zip(cols, names[start:start + per_row], strict=False):
             spatial = sites[site]["spatial"][0, 0]
-            png = services.overlay_png(item["display"], spatial, colormap, opacity, vmin=0.5, vmax=1.0)
+            png = services.overlay_png(item.display, spatial, colormap, opacity, vmin=0.5, vmax=1.0)
             col.image(png, caption=f"{ui.short_site(site)} · {spatial.shape[0]}×{spatial.shape[1]} · "
                                    f"{spatial.min():.2f}–{spatial.max():.2f}", width="stretch")
     st.caption("M_spat of every LGAM site from the first block (top left) to the last, upsampled from its own "
@@ -68,8 +68,8 @@ for model in models:
     if note:
         st.caption(f"Which LGAM this is: {note}")
     picture, prediction = st.columns([1, 4], vertical_alignment="center")
-    picture.image(item["thumbnail"], caption=item["name"], width="stretch")
-    prediction.markdown(f"Prediction for **{item['name']}**: **{class_names[top] if top < len(class_names) else top}** "
+    picture.image(item.thumbnail, caption=item.name, width="stretch")
+    prediction.markdown(f"Prediction for **{item.name}**: **{class_names[top] if top < len(class_names) else top}** "
                 f"({probs[top]:.0%}).")
 
     st.subheader("Spatial map of every site")

@@ -39,7 +39,7 @@ item = good[0]
 model = zoo[model_id]
 with st.spinner("Re-initialising a copy of the model step by step and recomputing every map..."):
     try:
-        result = services.sanity_check(model_id, model["weights_sha256"], item["digest"], item, tuple(methods), mode)
+        result = services.sanity_check(model_id, model["weights_sha256"], item.digest, item, tuple(methods), mode)
     except services.user_errors() as err:
         st.error(f"{model['name']}: {err}")
         st.stop()
@@ -50,10 +50,10 @@ st.markdown(f"**Reading.** {result['reading']}")
 st.subheader(f"{ui.METHOD_LABELS.get(method, method)} from trained to random")
 labels = result["labels"]
 cols = st.columns(len(labels) + 1)
-cols[0].image(item["thumbnail"], caption=item["name"], width="stretch")
+cols[0].image(item.thumbnail, caption=item.name, width="stretch")
 for col, label, heat, predicted in zip(cols[1:], labels, result["heatmaps"][method], result["predictions"], strict=True):
     where = "trained" if label == "trained" else (f"random down to {label}" if mode == "cascading" else f"only {label} random")
-    col.image(services.overlay_png(item["display"], heat, "jet", 0.5),
+    col.image(services.overlay_png(item.display, heat, "jet", 0.5),
               caption=f"{where} · says {class_names[predicted]}", width="stretch")
 st.caption(f"Every map explains the class the trained model predicts (**{class_names[result['target']]}**). A map that "
            "keeps its look while the weights become random does not depend on what the model learned.")

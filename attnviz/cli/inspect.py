@@ -154,13 +154,10 @@ def _describe_site(summary: dict) -> str:
 
 
 def run(args) -> int:
-    import torch
-
     from attnviz.device import pick_device
-    from attnviz.explanations import canonical_method, explain
-    from attnviz.images import preprocess, read_image
-    from attnviz.overlay import overlay_png
-    from attnviz.probes import probe
+    from attnviz.explanations import canonical_method
+    from attnviz.images import read_image
+    from attnviz.inspection import heat_map_png, inspect_picture
 
     method = canonical_method(args.method)
     if args.topk < 1:
@@ -196,27 +193,25 @@ def run(args) -> int:
             for note in loaded.notes:
                 print(f"  note: {note}")
         for name, model, card in models:
-            x = preprocess(loaded.image, card).to(device)
             num_classes = int(getattr(model, "num_classes", 0) or card.get("num_classes") or 0)
             target = _resolve_target(args.target, card, num_classes)
-            result = probe(model, x)
-            probs = result.probs[0]
-            k = min(args.topk, probs.numel())
-            top = torch.topk(probs, k)
-            predictions = [{"class": int(i), "name": _class_name(card, int(i)), "prob": float(p)}
-                           for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
-            explanations = explain({name: model}, x, target=target, method=method, layer=args.layer)
+            inspection = inspect_picture(model, card, loaded.image, method=method, target=target, layer=args.layer,
+                                         branches=True, name=name)
+            top = inspection.top(args.topk)
+            k = len(top)
+            predictions = [{"class": i, "name": _class_name(card, i), "prob": p} for i, p in top]
             cams = []
-            for explanation in explanations:
+            for explanation in inspection.maps:
                 png_path = None
                 if out_dir is not None:
                     suffix = "" if explanation.branch is None else f"__branch{explanation.branch + 1}"
                     png_path = out_dir / f"{_safe_name(Path(image_path).stem)}__{_safe_name(name)}__{method}{suffix}.png"
-                    png_path.write_bytes(overlay_png(loaded.image, explanation.heatmap, colormap=args.colormap))
+                    png_path.write_bytes(heat_map_png(loaded.image, explanation.heatmap, colormap=args.colormap,
+                                                      canvas=None))
                 cams.append({"branch": explanation.branch, "layer": explanation.layer,
                              "target": explanation.target, "target_name": _class_name(card, explanation.target),
                              "png": str(png_path) if png_path else None})
-            sites = result.summary()
+            sites = inspection.sites
             entry["models"].append({"model": name, "predictions": predictions, "cams": cams, "attention": sites})
             if not args.json:
                 flag = " (untrained)" if card.get("untrained") else ""

@@ -1,0 +1,163 @@
+"""From an uploaded picture to everything the Inspect page and ``attnviz inspect`` show, in one call.
+
+- :func:`read_picture` decodes untrusted bytes once (``attnviz.images.read_image``: size, pixel and
+  format checks) into a :class:`Picture`: ``source`` (at most ``SOURCE_MAX_SIDE`` px, what the models
+  see), ``display`` (``DISPLAY_SIDE`` px on its long side: what heat maps are drawn on) and
+  ``thumbnail`` (``display`` in a square). A bad file gets ``error`` (one sentence) and never raises.
+- :func:`inspect_picture` runs one model on one picture: the probe (probabilities and one summary per
+  attention site), the heat maps of ``method`` (``attnviz.explanations.explain``), optionally their
+  deletion/insertion scores and the attention modules' own spatial masks with theirs
+  (``attnviz.faithfulness``). The result is an :class:`Inspection` of plain arrays: the app caches it per
+  (model, picture, settings), the CLI prints it.
+- :func:`heat_map_png` draws a map over a picture (``attnviz.overlay``).
+
+One picture per call: a page that adds a picture computes that picture alone, and the CLI's per-site
+summaries describe exactly one image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from attnviz.device import model_device
+from attnviz.errors import ImageError
+from attnviz.explanations import Explanation, explain
+from attnviz.faithfulness import deletion_insertion, module_masks
+from attnviz.images import letterbox, preprocess, read_image
+from attnviz.overlay import DEFAULT_COLORMAP, overlay_png
+from attnviz.probes import probe
+
+DISPLAY_SIDE = 224  # pictures are shown at this size (CIFAR's 32 px enlarged, photos reduced)
+SOURCE_MAX_SIDE = 512  # the copy kept as the models' input; the full upload is not kept in memory
+
+
+@dataclass
+class Picture:
+    """A decoded picture (or, with ``error`` set, one that could not be used and why)."""
+
+    name: str
+    digest: str
+    error: str | None = None
+    source: Image.Image | None = None
+    display: Image.Image | None = None
+    thumbnail: Image.Image | None = None
+    notes: list[str] = field(default_factory=list)
+    size: tuple[int, int] | None = None
+    format: str = ""
+
+
+def read_picture(name: str, data: bytes) -> Picture:
+    """Decode ``data`` (an untrusted upload) into a :class:`Picture`; never raises for a bad file."""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        loaded = read_image(data)
+    except ImageError as err:
+        return Picture(name, digest, error=str(err))
+    image = loaded.image
+    source = image.copy()
+    if max(source.size) > SOURCE_MAX_SIDE:
+        source.thumbnail((SOURCE_MAX_SIDE, SOURCE_MAX_SIDE), Image.Resampling.LANCZOS)
+    scale = DISPLAY_SIDE / max(image.size)
+    display_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resample = Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS
+    display = source.resize(display_size, resample)
+    return Picture(name, digest, source=source, display=display, thumbnail=letterbox(display, DISPLAY_SIDE),
+                   notes=list(loaded.notes), size=image.size, format=loaded.format)
+
+
+@dataclass
+class MapScore:
+    """Deletion / insertion AUC of one heat map for its target (Petsiuk et al. 2018) and their curves."""
+
+    deletion: float
+    insertion: float
+    deletion_curve: np.ndarray
+    insertion_curve: np.ndarray
+
+
+@dataclass
+class MaskReading:
+    """An attention module's own spatial mask at input resolution [H, W] and its scores for the
+    predicted class."""
+
+    site: str
+    mask: np.ndarray
+    deletion: float
+    insertion: float
+
+
+@dataclass
+class Inspection:
+    """What one model makes of one picture.
+
+    ``probs`` [K]; ``sites``: one summary per attention site (``SiteProbe.summary``); ``maps``: the
+    explanations of ``method`` (the model's own first, then its Interflow branches when asked for);
+    ``scores``: one :class:`MapScore` per non-branch map, same order (None when not asked for);
+    ``masks``: site -> :class:`MaskReading` for the modules that have a spatial mask (None when not
+    asked for; empty for channel-only models).
+    """
+
+    probs: np.ndarray
+    sites: list[dict[str, Any]]
+    maps: list[Explanation]
+    scores: list[MapScore] | None = None
+    masks: dict[str, MaskReading] | None = None
+
+    @property
+    def predicted(self) -> int:
+        return int(np.argmax(self.probs))
+
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """The ``k`` most probable classes as (class, probability), most probable first."""
+        values, indices = torch.topk(torch.from_numpy(self.probs), min(k, self.probs.size))
+        return [(int(i), float(p)) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+
+    @property
+    def own_maps(self) -> list[Explanation]:
+        return [e for e in self.maps if e.branch is None]
+
+    @property
+    def branch_maps(self) -> list[Explanation]:
+        return sorted((e for e in self.maps if e.branch is not None), key=lambda e: e.branch)
+
+
+def inspect_picture(model: nn.Module, card: dict, image: Image.Image, *, method: str = "gradcam",
+                    target: Any = "predicted", layer: str | None = None, scores: bool = False,
+                    masks: bool = False, branches: bool = False, name: str = "model") -> Inspection:
+    """Run ``model`` (with its ``card``'s preprocessing) on one PIL ``image``; see the module docstring.
+
+    ``target``, ``method`` and ``layer`` are :func:`attnviz.explanations.explain`'s; ``branches`` adds
+    one map per Interflow branch. Raises ``AttnvizError`` (one sentence) for a bad target, layer or method.
+    """
+    x = preprocess(image, card).to(model_device(model))
+    result = probe(model, x)
+    probs = result.probs[0].numpy()
+    maps = explain({name: model}, x, target=target, method=method, layer=layer, branches=branches)
+    inspection = Inspection(probs=probs, sites=result.summary(), maps=maps)
+    if scores:
+        own = [e for e in maps if e.branch is None]
+        measured = deletion_insertion(model, x.repeat(len(own), 1, 1, 1), np.stack([e.heatmap for e in own]),
+                                      [e.target for e in own])
+        inspection.scores = [MapScore(float(d), float(i), dc, ic) for d, i, dc, ic in zip(
+            measured.deletion_auc, measured.insertion_auc, measured.deletion_curve, measured.insertion_curve,
+            strict=True)]
+    if masks:
+        inspection.masks = {}
+        for site, array in module_masks(model, x).items():
+            measured = deletion_insertion(model, x, array, [inspection.predicted])
+            inspection.masks[site] = MaskReading(site, array[0], float(measured.deletion_auc[0]),
+                                                 float(measured.insertion_auc[0]))
+    return inspection
+
+
+def heat_map_png(image: Image.Image, heatmap: np.ndarray, *, colormap: str = DEFAULT_COLORMAP, opacity: float = 0.5,
+                 vmin: float = 0.0, vmax: float = 1.0, canvas: int | None = DISPLAY_SIDE) -> bytes:
+    """PNG of ``heatmap`` over ``image`` (any aspect ratio; in a ``canvas`` px square unless None)."""
+    return overlay_png(image, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax, canvas=canvas)
