@@ -203,7 +203,7 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
     preselected pictures apply only while nothing of the user's is there (pictures picked in the
     gallery by hand stay, after the user's). With more pictures than ``max_images`` a picker says so
     and lets the user choose; nothing is dropped silently. Nothing is decoded here: every byte string
-    goes through `attnviz.images` in `services.decode`.
+    goes through `attnviz.inspection.read_picture` in `services.decode`.
     """
     from pathlib import Path
 
@@ -242,6 +242,19 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
             f"{', '.join(left_out)}. Pick others above.", icon=":material/filter_list:")
     by_name = dict(zip(names, (data for _, data in sources), strict=True))
     return [(name, by_name[name]) for name in chosen]
+
+
+def one_picture(key: str):
+    """The single picture a one-picture page works on (gallery, upload or camera; `attnviz.inspection.Picture`);
+    a page without one stops here with a hint. A bad file is reported in one sentence."""
+    import services
+
+    sources = image_inputs(services.gallery(), key=key, default_gallery=1, max_images=1, multiple=False)
+    good = services.usable_pictures(sources, limit=1)
+    if not good:
+        st.info("Pick a picture.")
+        st.stop()
+    return good[0]
 
 
 def _latest_first(key: str, items: list[tuple[str, object]]) -> list[tuple[str, bytes]]:

@@ -20,12 +20,8 @@ if not models:
     st.stop()
 ui.untrained_warning(models)
 
-sources = ui.image_inputs(services.gallery(), key="interflow", default_gallery=1, max_images=1, multiple=False)
-good = services.usable_pictures(sources, limit=1)
-if not good:
-    st.info("Pick a picture.")
-    st.stop()
-item = good[0]
+item = ui.one_picture("interflow")
+good = [item]
 digests = (item.digest,)
 show_maps = st.toggle("Also show each branch's Grad-CAM", value=True, key="interflow_maps")
 

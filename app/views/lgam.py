@@ -21,12 +21,8 @@ if not models:
     st.stop()
 ui.untrained_warning(models)
 
-sources = ui.image_inputs(services.gallery(), key="lgam", default_gallery=1, max_images=1, multiple=False)
-good = services.usable_pictures(sources, limit=1)
-if not good:
-    st.info("Pick a picture.")
-    st.stop()
-item = good[0]
+item = ui.one_picture("lgam")
+good = [item]
 digests = (item.digest,)
 
 

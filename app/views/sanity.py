@@ -30,12 +30,7 @@ mode = c_mode.radio("Randomise", ["cascading", "independent"], key="sanity_mode"
                     help="cascading: from the logits down, keeping what was randomised before; independent: one "
                          "stage at a time, the rest trained")
 
-sources = ui.image_inputs(services.gallery(), key="sanity", default_gallery=1, max_images=1, multiple=False)
-good = services.usable_pictures(sources, limit=1)
-if not good:
-    st.info("Pick a picture.")
-    st.stop()
-item = good[0]
+item = ui.one_picture("sanity")
 model = zoo[model_id]
 with st.spinner("Re-initialising a copy of the model step by step and recomputing every map..."):
     try:

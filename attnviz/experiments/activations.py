@@ -55,6 +55,7 @@ from attnviz.experiments.base import (
     new_figure,
     paper_table,
     save_figure,
+    training_unit_times,
 )
 from attnviz.experiments.metrics import felu_metrics, mean_std
 
@@ -444,7 +445,7 @@ def _write_report(study: StudyRun, plan: ActivationsBudget, datasets: dict, runs
     reading = activations_reading(summary, plan.activations)
     results = {"summary": summary, "datasets": {k: {"source": d.source, "n_train": int(d.train_y.numel()),
                                                      "n_val": int(d.val_y.numel())} for k, d in datasets.items()}}
-    unit_times = [r["unit_time_s"] for results_ in runs.values() for r in results_ if "unit_time_s" in r]
+    unit_times = training_unit_times(runs)
     return study.write(question=QUESTION, budget_detail=plan.describe(), seeds=list(range(plan.runs)),
                        device=f"CPU, 1 thread ({os.cpu_count()} logical cores visible)", tables=tables, series=series, plots=plots,
                        results=results, reading=reading, unit_times=unit_times)

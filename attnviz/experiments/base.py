@@ -334,3 +334,20 @@ def render_markdown(report: dict) -> str:
     for plot in report.get("plots", []):
         lines += [f"![{plot['title']}]({plot['file']})", "", plot.get("caption", ""), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def open_study(study_id: str, title: str, budgets: dict, budget: str, out_dir, progress: Progress | None):
+    """The start every checkpoint-reading study shares: ``(plan, study, dataset, data_label)`` for a
+    checked budget, a :class:`StudyRun` reporting to ``progress`` (``study.progress``) and the budget's
+    CIFAR-10 source (``attnviz.experiments.training.load_cifar``)."""
+    from attnviz.experiments.training import load_cifar
+
+    plan = budgets[check_budget(budget)]
+    study = StudyRun(study_id, title, budget, out_dir, progress or _no_progress)
+    dataset, data_label = load_cifar(budget, None)
+    return plan, study, dataset, data_label
+
+
+def training_unit_times(runs: dict[str, list[dict]]) -> list[float]:
+    """The ``unit_time_s`` of every trained unit of ``{variant: [one result per seed]}`` (for ``write``)."""
+    return [r["unit_time_s"] for results in runs.values() for r in results if "unit_time_s" in r]

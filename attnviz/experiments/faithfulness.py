@@ -44,10 +44,9 @@ from attnviz.experiments.base import (
     Progress,
     StudyRun,
     Table,
-    _no_progress,
-    check_budget,
     device_label,
     new_figure,
+    open_study,
     save_figure,
 )
 
@@ -233,25 +232,27 @@ def usable_checkpoints(dirs=None, notes: list[str] | None = None) -> list[dict]:
     return found
 
 
+def studied_checkpoints(dirs, notes: list[str], max_models: int | None, budget: str) -> list[dict]:
+    """:func:`usable_checkpoints`, cut to the budget's ``max_models``; each cut or absence is a note."""
+    checkpoints = usable_checkpoints(dirs, notes)
+    if max_models is not None and len(checkpoints) > max_models:
+        notes.append(f"The {budget} budget evaluates only the first {max_models} of {len(checkpoints)} checkpoints.")
+        checkpoints = checkpoints[:max_models]
+    if not checkpoints:
+        notes.append("No CIFAR-10 checkpoint was found (shipped checkpoints/, $ATTNVIZ_CHECKPOINTS, your runs): "
+                     "nothing to evaluate. Train or install the zoo, then run this study again.")
+    return checkpoints
+
+
 def run(budget: str = "small", out_dir="reports", progress: Progress | None = None, *, checkpoint_dirs=None):
     from attnviz.checkpoints import load_checkpoint
-    from attnviz.experiments.training import load_cifar
 
-    plan = BUDGETS[check_budget(budget)]
-    progress = progress or _no_progress
-    study = StudyRun(STUDY, TITLE, budget, out_dir, progress)
-    dataset, data_label = load_cifar(budget, None)
+    plan, study, dataset, data_label = open_study(STUDY, TITLE, BUDGETS, budget, out_dir, progress)
+    progress = study.progress
     images, labels = faithful_set(dataset, plan.test_per_class)
     point_images, point_labels = faithful_set(dataset, plan.pointing_per_class)
     data_label = f"{data_label.split(':')[0]}: the first {plan.test_per_class} test images of each class"
-    checkpoints = usable_checkpoints(checkpoint_dirs, study.notes)
-    if plan.max_models is not None and len(checkpoints) > plan.max_models:
-        study.notes.append(f"The {budget} budget evaluates only the first {plan.max_models} of "
-                           f"{len(checkpoints)} checkpoints.")
-        checkpoints = checkpoints[: plan.max_models]
-    if not checkpoints:
-        study.notes.append("No CIFAR-10 checkpoint was found (shipped checkpoints/, $ATTNVIZ_CHECKPOINTS, your runs): "
-                           "nothing to evaluate. Train or install the zoo, then run this study again.")
+    checkpoints = studied_checkpoints(checkpoint_dirs, study.notes, plan.max_models, budget)
     device = torch.device("cpu")
     work = []
     for entry in checkpoints:

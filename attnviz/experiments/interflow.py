@@ -43,6 +43,7 @@ from attnviz.experiments.base import (
     device_label,
     new_figure,
     save_figure,
+    training_unit_times,
 )
 from attnviz.experiments.metrics import mean_std
 from attnviz.training import Recipe
@@ -259,7 +260,7 @@ def _write_report(study: StudyRun, plan: InterflowBudget, data_label: str, resul
         plots.append(_plot(study, arch, variants))
     reading = interflow_reading(summary, data_label=data_label, epochs=plan.epochs,
                                 weight_lr=plan.describe(data_label)["learned weights' lr"])
-    unit_times = [r["unit_time_s"] for runs in results.values() for r in runs if "unit_time_s" in r]
+    unit_times = training_unit_times(results)
     return study.write(question=QUESTION, budget_detail=plan.describe(data_label), seeds=list(plan.seeds),
                        device=device_label(device), tables=tables, series=series, plots=plots,
                        results=summary, reading=reading, unit_times=unit_times)

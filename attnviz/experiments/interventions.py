@@ -33,10 +33,9 @@ from attnviz.experiments.base import (
     Progress,
     StudyRun,
     Table,
-    _no_progress,
-    check_budget,
     device_label,
     new_figure,
+    open_study,
     paper_table,
     save_figure,
 )
@@ -132,13 +131,10 @@ def evaluate_model(model, card: dict, dataset, plan: InterventionsBudget) -> dic
 def run(budget: str = "small", out_dir="reports", progress: Progress | None = None, *, checkpoint_dirs=None):
     from attnviz.checkpoints import load_checkpoint
     from attnviz.experiments.faithfulness import usable_checkpoints
-    from attnviz.experiments.training import load_cifar
     from attnviz.interventions import intervention_sites
 
-    plan = BUDGETS[check_budget(budget)]
-    progress = progress or _no_progress
-    study = StudyRun(STUDY, TITLE, budget, out_dir, progress)
-    dataset, data_label = load_cifar(budget, None)
+    plan, study, dataset, data_label = open_study(STUDY, TITLE, BUDGETS, budget, out_dir, progress)
+    progress = study.progress
     source = data_label.rsplit(": ", 1)[0]  # "imagefolder:PATH" keeps its path
     from attnviz.experiments.sanity import _note_source
 

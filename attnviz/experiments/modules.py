@@ -35,6 +35,7 @@ from attnviz.experiments.base import (
     new_figure,
     paper_table,
     save_figure,
+    training_unit_times,
 )
 from attnviz.experiments.metrics import compare_to_reference, mean_std
 
@@ -216,7 +217,7 @@ def _write_report(study: StudyRun, plan: ModulesBudget, data_label: str, results
                             for m, s in modules.items()])]
     plots = [_plot(study, plan, modules)]
     reading = modules_reading(summary, data_label=data_label, epochs=plan.epochs)
-    unit_times = [r["unit_time_s"] for runs in results.values() for r in runs if "unit_time_s" in r]
+    unit_times = training_unit_times(results)
     return study.write(question=QUESTION, budget_detail=plan.describe(data_label), seeds=list(plan.seeds),
                        device=device_label(device), tables=tables, series=series, plots=plots,
                        results=summary, reading=reading, unit_times=unit_times)

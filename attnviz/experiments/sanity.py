@@ -33,10 +33,9 @@ from attnviz.experiments.base import (
     Series,
     StudyRun,
     Table,
-    _no_progress,
-    check_budget,
     device_label,
     new_figure,
+    open_study,
     paper_table,
     save_figure,
 )
@@ -201,24 +200,14 @@ def _note_source(study: StudyRun, budget: str) -> None:
 
 def run(budget: str = "small", out_dir="reports", progress: Progress | None = None, *, checkpoint_dirs=None):
     from attnviz.checkpoints import load_checkpoint
-    from attnviz.experiments.faithfulness import faithful_set, usable_checkpoints
-    from attnviz.experiments.training import load_cifar
+    from attnviz.experiments.faithfulness import faithful_set, studied_checkpoints
 
-    plan = BUDGETS[check_budget(budget)]
-    progress = progress or _no_progress
-    study = StudyRun(STUDY, TITLE, budget, out_dir, progress)
-    dataset, data_label = load_cifar(budget, None)
+    plan, study, dataset, data_label = open_study(STUDY, TITLE, BUDGETS, budget, out_dir, progress)
+    progress = study.progress
     images, labels = faithful_set(dataset, plan.test_per_class)
     data_label = f"{data_label.rsplit(': ', 1)[0]}: the first {plan.test_per_class} test images of each class"
     _note_source(study, budget)
-    checkpoints = usable_checkpoints(checkpoint_dirs, study.notes)
-    if plan.max_models is not None and len(checkpoints) > plan.max_models:
-        study.notes.append(f"The {budget} budget evaluates only the first {plan.max_models} of "
-                           f"{len(checkpoints)} checkpoints.")
-        checkpoints = checkpoints[: plan.max_models]
-    if not checkpoints:
-        study.notes.append("No CIFAR-10 checkpoint was found (shipped checkpoints/, $ATTNVIZ_CHECKPOINTS, your runs): "
-                           "nothing to evaluate. Train or install the zoo, then run this study again.")
+    checkpoints = studied_checkpoints(checkpoint_dirs, study.notes, plan.max_models, budget)
     device = torch.device("cpu")
     strip_model = next((e["name"] for e in checkpoints if e["name"] == PLOT_MODEL), checkpoints[0]["name"] if checkpoints else None)
     total = 2 * len(checkpoints) + (1 if plan.data_randomisation else 0)

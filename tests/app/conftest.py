@@ -14,6 +14,21 @@ def app():
     return AppTest.from_file(ENTRY, default_timeout=240)
 
 
+@pytest.fixture
+def browser_page():
+    """A page of one headless Debian Chromium (``appserver.CHROMIUM_ARGS``), closed after the test."""
+    from appserver import CHROMIUM, CHROMIUM_ARGS
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 2600})
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
 def pytest_collection_modifyitems(config, items):
     """Browser and load tests need Debian's Chromium (``make test`` installs it where it can). Without it
     they are skipped with one line, except in CI (``ATTNVIZ_REQUIRE_BROWSER=1``), where they fail."""

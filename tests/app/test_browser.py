@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
-from appserver import CHROMIUM, CHROMIUM_ARGS, OUTPUT, app_server, wait_idle
+from appserver import OUTPUT, app_server, wait_idle
 from PIL import Image
 
 pytestmark = pytest.mark.browser
@@ -22,18 +22,6 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture
-def browser_page():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 2600})
-        try:
-            yield page
-        finally:
-            browser.close()
 
 
 def test_upload_inspect_train_and_zoo(tmp_path, browser_page):

@@ -7,21 +7,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from appserver import CHROMIUM, CHROMIUM_ARGS, OUTPUT, app_server, wait_idle
+from appserver import OUTPUT, app_server, wait_idle
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def browser_page():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 2400})
-        try:
-            yield page
-        finally:
-            browser.close()
 
 
 def _captions(page) -> list[str]:
