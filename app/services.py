@@ -53,7 +53,8 @@ def felu_minimum() -> tuple[float, float]:
 # ------------------------------------------------------------------------------------------ the zoo
 def _runs_fingerprint() -> tuple:
     """Cheap signature of the shipped and run checkpoint folders: a finished run changes it."""
-    from attnviz.checkpoints import checkpoint_dirs, runs_dir
+    from attnviz.checkpoints import checkpoint_dirs
+    from attnviz.paths import runs_dir
 
     runs = runs_dir()
     paths = [*checkpoint_dirs(), *(runs.iterdir() if runs.is_dir() else [])]
@@ -207,7 +208,7 @@ def _count(*kinds: str) -> None:
 @st.cache_data(show_spinner=False)
 def gallery() -> dict[str, list[str]]:
     """class -> paths of the shipped sample test images (the offline gallery)."""
-    from attnviz.data import SAMPLE_DIR
+    from attnviz.paths import SAMPLE_DIR
 
     test = SAMPLE_DIR / "test"
     return {d.name: sorted(str(p) for p in d.glob("*.jpg")) for d in sorted(test.iterdir()) if d.is_dir()}

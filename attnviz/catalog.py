@@ -64,7 +64,7 @@ class ZooRow:
 
 
 def cache_dir() -> Path:
-    from attnviz.checkpoints import attnviz_home
+    from attnviz.paths import attnviz_home
 
     return attnviz_home() / "cache"
 
@@ -123,7 +123,8 @@ def zoo_rows(*, include_untrained: bool = True, dirs: list[Path] | None = None,
 
     Latencies and counted costs come from the on-disk caches; ``measure_costs`` fills what is missing.
     """
-    from attnviz.checkpoints import list_checkpoints, runs_dir
+    from attnviz.checkpoints import list_checkpoints
+    from attnviz.paths import runs_dir
 
     rows = _card_rows(list_checkpoints(dirs), runs_dir())
     if include_untrained:

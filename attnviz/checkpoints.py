@@ -28,26 +28,12 @@ from torch import nn
 
 from attnviz import __version__
 from attnviz.errors import AttnvizError, CheckpointError
+from attnviz.paths import SHIPPED_DIR, runs_dir
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
 REQUIRED_KEYS = ("spec", "num_classes", "weights_sha256")
 MAX_CARD_BYTES = 8 * 1024 * 1024
 MAX_WEIGHTS_BYTES = 2 * 1024**3
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_DIR = REPO_ROOT / "checkpoints"
-
-
-def attnviz_home() -> Path:
-    """Per-user state (runs, caches): ``$ATTNVIZ_HOME`` or, when unset or empty, ``~/.attnviz``.
-
-    The one definition: the trainer, the app's jobs, the catalog and its caches all call this.
-    """
-    return Path(os.environ.get("ATTNVIZ_HOME") or Path.home() / ".attnviz").expanduser()
-
-
-def runs_dir() -> Path:
-    """Where training runs go (``$ATTNVIZ_HOME/runs``), which ``list_checkpoints`` scans."""
-    return attnviz_home() / "runs"
 
 
 def sha256_file(path: Path) -> str:

@@ -36,8 +36,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from attnviz.checkpoints import attnviz_home, runs_dir
 from attnviz.errors import AttnvizError, DatasetError
+from attnviz.paths import attnviz_home, runs_dir
 
 DATASET_CHOICES = ("sample", "cifar10", "cifar100", "mnist", "fashionmnist")
 MAX_QUEUE = 8

@@ -92,7 +92,7 @@ def accuracy_bar(spec: str) -> float:
 
 
 def default_out_dir() -> Path:
-    from attnviz.checkpoints import SHIPPED_DIR
+    from attnviz.paths import SHIPPED_DIR
 
     return SHIPPED_DIR
 

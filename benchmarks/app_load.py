@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "tests" / "app"))  # the test harness's server sta
 
 from appserver import CHROMIUM, CHROMIUM_ARGS, app_server  # noqa: E402
 
-from attnviz.data import SAMPLE_DIR  # noqa: E402
+from attnviz.paths import SAMPLE_DIR  # noqa: E402
 
 
 def fresh_pictures() -> list[Path]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from attnviz.checkpoints import SHIPPED_DIR, list_checkpoints
+from attnviz.checkpoints import list_checkpoints
 from attnviz.golden import write_golden
+from attnviz.paths import SHIPPED_DIR
 
 
 def main(names: list[str]) -> int:

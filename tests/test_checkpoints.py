@@ -177,7 +177,7 @@ def test_bad_names_refused(tmp_path):
 def test_one_home_rule_for_runs_caches_and_jobs(monkeypatch, tmp_path):
     from attnviz import jobs
     from attnviz.catalog import cache_dir
-    from attnviz.checkpoints import attnviz_home, runs_dir
+    from attnviz.paths import attnviz_home, runs_dir
 
     monkeypatch.setenv("ATTNVIZ_HOME", "")  # empty means unset, everywhere
     assert attnviz_home() == Path.home() / ".attnviz"

@@ -15,7 +15,7 @@ import pytest
 
 from attnviz.checkpoints import load_checkpoint, sha256_file
 from attnviz.cli import main
-from attnviz.data import SAMPLE_DIR
+from attnviz.paths import SAMPLE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_one_epoch_on_the_sample_set_from_the_command_line(tmp_path):
 
 
 def test_eval_of_a_shipped_card_without_data_asks_for_it_in_one_line(tmp_path, capsys):
-    from attnviz.checkpoints import SHIPPED_DIR
+    from attnviz.paths import SHIPPED_DIR
 
     card = json.loads((SHIPPED_DIR / "resnet20.json").read_text())
     assert card["dataset"] == "imagefolder:cifar10-jpeg.tar.gz"  # no path of the machine that trained it

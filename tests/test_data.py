@@ -183,7 +183,7 @@ def test_tar_links_are_refused(tmp_path):
 
 
 def test_tar_file_count_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr("attnviz.data.MAX_ARCHIVE_FILES", 3)
+    monkeypatch.setattr("attnviz.data.folders.MAX_ARCHIVE_FILES", 3)
     archive = _tar_with(tmp_path / "many.tar.gz", lambda tar: None)
     with pytest.raises(DatasetError, match="more than 3 files"):
         load_dataset(f"imagefolder:{archive}")

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnviz.checkpoints import SHIPPED_DIR, list_checkpoints, load_checkpoint
+from attnviz.checkpoints import list_checkpoints, load_checkpoint
 from attnviz.golden import GOLDEN_DIR, TOLERANCE, golden_logits
+from attnviz.paths import SHIPPED_DIR
 
 # a run still in progress (its card says so) is not a shipped result yet
 SHIPPED = [r for r in list_checkpoints([SHIPPED_DIR])

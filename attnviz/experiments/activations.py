@@ -215,7 +215,7 @@ def _mnist_available() -> tuple[bool, str]:
     """MNIST is used if torchvision already has it, or if it can be downloaded (quick network check)."""
     import socket
 
-    from attnviz.data import default_data_root
+    from attnviz.paths import data_root as default_data_root
 
     raw = default_data_root() / "MNIST" / "raw"
     if raw.is_dir() and any(raw.iterdir()):

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnviz.checkpoints import read_card, runs_dir, save_checkpoint, state_dict_for_saving
+from attnviz.checkpoints import read_card, save_checkpoint, state_dict_for_saving
 from attnviz.data import ImageDataset, preprocess
 from attnviz.device import describe_device, pick_device
 from attnviz.errors import AttnvizError, CheckpointError, TrainingCancelled, TrainingDiverged, TrainingError
+from attnviz.paths import runs_dir
 from attnviz.training import setup
 from attnviz.training.batches import augment_batch, criterion, epoch_shard, mixed_seed
 from attnviz.training.clock import clock, install_suspend_clock

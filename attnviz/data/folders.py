@@ -1,47 +1,6 @@
-"""Datasets as in-memory tensors: named sets, ``imagefolder:PATH`` and the shipped ``sample`` set.
-
-Every dataset is loaded once into uint8 tensors ``[N, C, H, W]`` with int64 labels (training on
-CIFAR-sized images is fastest with the whole set resident in memory, on the GPU too, and no
-DataLoader workers). ``load_dataset(name)`` returns an :class:`ImageDataset`.
-
-Names
-- ``sample``: the real CIFAR-10 images shipped in ``attnviz/assets/sample`` (see its README).
-- ``cifar10``, ``cifar100``, ``mnist``, ``fashionmnist``: through torchvision, downloaded into the
-  data root (``data_root=`` argument, else ``$ATTNVIZ_DATA``, else ``~/.cache/attnviz/data``) when the
-  network allows. Offline, a :class:`DatasetError` names the folder and the file to put there.
-  torchvision reads the CIFAR ``python`` batches with pickle; it does so only after checking the
-  files' MD5 against the official release, so only those exact files are ever unpickled.
-- ``imagefolder:PATH``: a folder of class sub-folders, or a ``.tar``/``.tar.gz``/``.tgz``/``.zip`` of
-  one. A root holding ``train/`` and ``test/`` uses them as the splits (a single top-level folder in
-  an archive is looked through); otherwise the root is flat and a deterministic held-out test split
-  is taken per class: files ranked by ``sha256(relative path)``, the lowest ``test_fraction`` (20%,
-  at least one file for a class of two or more) go to test. Class names are the sorted sub-folder
-  names of the training split.
-
-Archives are read member by member into memory and nothing is written to disk, so no member can
-land outside a folder; we still refuse archives that could not be extracted safely (absolute
-names, ``..``, links, devices, more than ``MAX_ARCHIVE_FILES`` files or ``MAX_ARCHIVE_BYTES``
-uncompressed). Every image is decoded with PIL inside ``try``; a file that fails is named in the
-error. Images larger than ``MAX_IMAGE_PIXELS`` are refused (decompression bombs).
-
-Channels: grey-scale sets keep one channel (``in_chans=1``) and models are built for them with
-``create_model(spec, num_classes, in_chans=1)``; nothing is replicated on disk or in memory. A folder
-mixing grey and colour images is decoded as RGB. When a model expects a different channel count
-than a dataset has (e.g. evaluating an RGB checkpoint on MNIST), :func:`match_channels` replicates a
-grey channel to 3, or turns RGB into luma (ITU-R BT.601) for a 1-channel model.
-
-Sizes: images of one size keep it. When sizes differ, every image is centre-cropped to a square and
-resized (bicubic) to ``image_size`` (default 32).
-
-Normalisation: ``mean``/``std`` per channel (on the 0..1 scale) are computed from the training split
-and stored in every model card; :func:`preprocess` is the single place that turns uint8 images into
-model inputs, used by training and by evaluation alike.
-
-Cache: decoded datasets are saved as ``.npz`` of plain arrays (read with ``allow_pickle=False``) in
-the cache dir (``cache_dir=``, else ``$ATTNVIZ_CACHE``, else ``~/.cache/attnviz``) under
-``datasets/``, keyed by the source's content (archives: SHA-256 of the bytes; folders: names, sizes
-and modification times) so the 60,000-image CIFAR-10 JPEG set is decoded once.
-"""
+"""``imagefolder:`` datasets: folders of class sub-folders and ``.tar``/``.tar.gz``/``.tgz``/``.zip`` archives
+of one, read safely into memory (see :mod:`attnviz.data` for the rules), decoded once and cached as
+``.npz`` keyed by the source's content."""
 
 from __future__ import annotations
 
@@ -55,16 +14,14 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
+from attnviz.data.dataset import ImageDataset
 from attnviz.errors import DatasetError
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "assets" / "sample"
-NAMED_DATASETS = ("cifar10", "cifar100", "mnist", "fashionmnist")
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
@@ -76,271 +33,6 @@ DEFAULT_IMAGE_SIZE = 32
 DEFAULT_TEST_FRACTION = 0.2
 # Bump when decoding changes so stale caches are not reused.
 CACHE_FORMAT = 1
-
-_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-@dataclass
-class ImageDataset:
-    """A dataset held in memory: uint8 images ``[N, C, H, W]``, int64 labels, class names."""
-
-    name: str
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    class_names: list[str]
-    mean: tuple[float, ...] = field(default=())
-    std: tuple[float, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if not self.mean or not self.std:
-            self.mean, self.std = channel_stats(self.train_images)
-
-    @property
-    def in_chans(self) -> int:
-        return int(self.train_images.shape[1])
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return int(self.train_images.shape[2]), int(self.train_images.shape[3])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def n_train(self) -> int:
-        return int(self.train_labels.shape[0])
-
-    @property
-    def n_test(self) -> int:
-        return int(self.test_labels.shape[0])
-
-    def subset(self, train_per_class: int | None = None, test_per_class: int | None = None) -> ImageDataset:
-        """The first ``k`` images of each class of each split (stored order, so deterministic).
-
-        Mean and std are kept from the full training split so a subset preprocesses like its parent.
-        """
-
-        def take(labels: torch.Tensor, per_class: int | None) -> torch.Tensor:
-            if per_class is None:
-                return torch.arange(labels.shape[0])
-            picks = [torch.nonzero(labels == k).flatten()[:per_class] for k in range(self.num_classes)]
-            return torch.sort(torch.cat(picks)).values
-
-        train_idx = take(self.train_labels, train_per_class)
-        test_idx = take(self.test_labels, test_per_class)
-        return replace(
-            self,
-            train_images=self.train_images[train_idx],
-            train_labels=self.train_labels[train_idx],
-            test_images=self.test_images[test_idx],
-            test_labels=self.test_labels[test_idx],
-        )
-
-    def card_fields(self) -> dict:
-        """The model-card keys that describe this data and its preprocessing."""
-        return {
-            "dataset": self.name,
-            "class_names": list(self.class_names),
-            "num_classes": self.num_classes,
-            "in_chans": self.in_chans,
-            "input_size": list(self.input_size),
-            "mean": [float(m) for m in self.mean],
-            "std": [float(s) for s in self.std],
-        }
-
-
-# ---------------------------------------------------------------------------------------------
-# preprocessing shared by training and evaluation
-
-
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation on the 0..1 scale, accumulated in float64."""
-    if images.shape[0] == 0:
-        raise DatasetError("The training split has no images.")
-    channels = images.shape[1]
-    total = torch.zeros(channels, dtype=torch.float64)
-    total_sq = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, images.shape[0], chunk):
-        block = images[start : start + chunk].to(torch.float64).div_(255.0)
-        total += block.sum(dim=(0, 2, 3))
-        total_sq += block.pow(2).sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
-    return tuple(round(float(m), 6) for m in mean), tuple(round(max(float(s), 1e-3), 6) for s in std)
-
-
-def match_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Give uint8 or float images ``[N, C, H, W]`` the channel count a model expects.
-
-    1 -> 3 replicates the grey channel; 3 -> 1 takes ITU-R BT.601 luma. Same count: unchanged.
-    """
-    have = images.shape[1]
-    if have == in_chans:
-        return images
-    if have == 1 and in_chans == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    if have == 3 and in_chans == 1:
-        weights = torch.tensor(_LUMA_WEIGHTS, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-        luma = (images.to(torch.float32) * weights).sum(dim=1, keepdim=True)
-        if images.dtype == torch.uint8:
-            return luma.round_().clamp_(0, 255).to(torch.uint8)
-        return luma.to(images.dtype)
-    raise DatasetError(f"Cannot turn {have}-channel images into the {in_chans} channels the model expects.")
-
-
-def preprocess(
-    images: torch.Tensor,
-    mean: tuple[float, ...] | list[float],
-    std: tuple[float, ...] | list[float],
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` -> normalised float: ``(x / 255 - mean) / std`` per channel."""
-    channels = images.shape[1]
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, channels, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, channels, 1, 1)
-    out = images.to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
-    return out if dtype == torch.float32 else out.to(dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# locations
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ATTNVIZ_CACHE") or Path.home() / ".cache" / "attnviz")
-
-
-def default_data_root() -> Path:
-    env = os.environ.get("ATTNVIZ_DATA")
-    return Path(env) if env else default_cache_dir() / "data"
-
-
-# ---------------------------------------------------------------------------------------------
-# entry point
-
-
-def portable_dataset_name(name: str) -> str:
-    """A dataset name without the machine's paths: ``imagefolder:/x/y/cifar10.tar.gz`` -> ``imagefolder:cifar10.tar.gz``.
-
-    Local runs keep the full name in their cards (so ``attnviz eval`` finds the data again); shipped
-    cards carry this form, since the path of the machine that trained them means nothing elsewhere.
-    """
-    if name.startswith("imagefolder:"):
-        return "imagefolder:" + name.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
-    return name
-
-
-def load_dataset(
-    name: str,
-    *,
-    data_root: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    download: bool | None = None,
-    image_size: int | None = None,
-    test_fraction: float = DEFAULT_TEST_FRACTION,
-    use_cache: bool = True,
-) -> ImageDataset:
-    """Load a dataset by name into memory (see the module docstring for the names).
-
-    ``download=None`` downloads named sets unless ``$ATTNVIZ_OFFLINE`` is set. ``image_size`` forces
-    a square size for folders (default: keep a common size, else 32). Raises ``DatasetError``.
-    """
-    if not isinstance(name, str) or not name.strip():
-        raise DatasetError("No dataset given (use sample, cifar10, cifar100, mnist, fashionmnist or imagefolder:PATH).")
-    name = name.strip()
-    if not 0.0 < test_fraction < 1.0:
-        raise DatasetError(f"test_fraction must be between 0 and 1, got {test_fraction}.")
-    if image_size is not None and not 1 <= int(image_size) <= 1024:
-        raise DatasetError(f"image_size must be between 1 and 1024, got {image_size}.")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    lowered = name.lower()
-    if lowered == "sample":
-        return _load_folder_cached(SAMPLE_DIR, "sample", cache, image_size, test_fraction, use_cache)
-    if lowered in NAMED_DATASETS:
-        root = Path(data_root) if data_root is not None else default_data_root()
-        if download is None:
-            download = not os.environ.get("ATTNVIZ_OFFLINE")
-        return _load_named(lowered, root, download)
-    if lowered.startswith("imagefolder:"):
-        raw_path = name.split(":", 1)[1].strip()
-        if not raw_path:
-            raise DatasetError("imagefolder: needs a path, e.g. imagefolder:/data/my_images.")
-        path = Path(raw_path).expanduser()
-        if not path.exists():
-            raise DatasetError(f"{path} does not exist.")
-        canonical = f"imagefolder:{path.resolve()}"  # shipped cards get portable_dataset_name(...)
-        return _load_folder_cached(path.resolve(), canonical, cache, image_size, test_fraction, use_cache)
-    raise DatasetError(
-        f"Unknown dataset '{name}' (use sample, cifar10, cifar100, mnist, fashionmnist or imagefolder:PATH)."
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# torchvision sets
-
-_NAMED_INFO = {
-    "cifar10": ("CIFAR10", "CIFAR-10", "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
-    "cifar100": ("CIFAR100", "CIFAR-100", "cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
-    "mnist": ("MNIST", "MNIST", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
-    "fashionmnist": ("FashionMNIST", "Fashion-MNIST", "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
-}
-
-
-def _load_named(name: str, root: Path, download: bool) -> ImageDataset:
-    import torchvision.datasets as tv_datasets
-
-    class_name, title, filename, url = _NAMED_INFO[name]
-    dataset_cls = getattr(tv_datasets, class_name)
-    splits = []
-    for train in (True, False):
-        try:
-            splits.append(dataset_cls(str(root), train=train, download=False))
-            continue
-        except (RuntimeError, OSError):
-            pass
-        if not download:
-            raise DatasetError(_offline_message(title, root, filename, url, reason="downloading is off"))
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                splits.append(dataset_cls(str(root), train=train, download=True))
-        except Exception as err:  # noqa: BLE001 - any network/IO failure means "offline"
-            reason = f"the download failed: {type(err).__name__}"
-            raise DatasetError(_offline_message(title, root, filename, url, reason=reason)) from err
-    train_set, test_set = splits
-    return ImageDataset(
-        name=name,
-        train_images=_tv_images(train_set.data),
-        train_labels=torch.as_tensor(np.asarray(train_set.targets), dtype=torch.int64),
-        test_images=_tv_images(test_set.data),
-        test_labels=torch.as_tensor(np.asarray(test_set.targets), dtype=torch.int64),
-        class_names=[str(c) for c in train_set.classes],
-    )
-
-
-def _offline_message(title: str, root: Path, filename: str, url: str, reason: str) -> str:
-    return (
-        f"{title} is not in {root} and {reason}: put {filename} (from {url}) in {root} "
-        f"(or set ATTNVIZ_DATA to the folder that holds it) and run again."
-    )
-
-
-def _tv_images(data) -> torch.Tensor:
-    array = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
-    if array.ndim == 3:  # MNIST-style [N, H, W]
-        array = array[:, None, :, :]
-    else:  # CIFAR-style [N, H, W, C]
-        array = array.transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))
-
-
-# ---------------------------------------------------------------------------------------------
-# folders and archives
 
 
 def _is_archive(path: Path) -> bool:
@@ -370,7 +62,7 @@ def _source_key(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_folder_cached(
+def load_folder_cached(
     path: Path, canonical: str, cache: Path, image_size: int | None, test_fraction: float, use_cache: bool
 ) -> ImageDataset:
     if not (path.is_dir() or _is_archive(path)):
