@@ -1,90 +1,20 @@
-"""Widget groups and figure builders for the attnviz pages.
-
-Figure builders take plain values (numpy arrays, lists, dicts) and return Plotly figures; they never
-touch a model. Widget groups wrap a few Streamlit widgets that several pages share. Colour scales are
-fixed here (not per call) so the same quantity looks the same on every page and for every model.
-"""
+"""Widget groups the attnviz pages share (model picker, picture inputs, the interventions panel) and the
+small helpers they need; the figures are in ``figures.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
-# One colour per model position in the comparison, the same on every chart of every page.
-MODEL_COLORS = ["#c2410c", "#1d4ed8", "#15803d", "#7e22ce", "#b45309", "#0e7490", "#be123c", "#4d7c0f",
-                "#334155", "#a16207", "#9333ea", "#0f766e"]
-# Attention weights are post-sigmoid, so [0, 1] is their whole range: one fixed scale for all of them.
-WEIGHT_SCALE = "Viridis"
+from figures import short_site, topk_figure
+
 GRID_IMAGE_WIDTH = 240  # px: one heat map cell, the same for any number of models
-HEAT_SCALE = "Inferno"
-DIVERGING_SCALE = "RdBu"
-CURVE_COLORS = {
-    "relu": "#1d4ed8", "felu": "#c2410c", "leaky_relu": "#15803d", "softplus": "#7e22ce",
-    "sigmoid": "#b45309", "softsign": "#0e7490", "elu": "#be123c", "gelu": "#4d7c0f", "silu": "#334155",
-}
-
-
-def model_color(index: int) -> str:
-    return MODEL_COLORS[index % len(MODEL_COLORS)]
-
-
-def _layout(fig: go.Figure, *, height: int = 360, title: str | None = None) -> go.Figure:
-    fig.update_layout(
-        height=height,
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-        title=title,
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
-        hovermode="x unified",
-    )
-    return fig
 
 
 # --------------------------------------------------------------------------------------- activations
-def activation_figure(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]],
-    labels: dict[str, str],
-    *,
-    y_title: str,
-    marker: tuple[float, float, str] | None = None,
-) -> go.Figure:
-    """Curves ``name -> (x, y)`` on one chart; ``marker`` = (x, y, text) pins one point (FeLU's minimum)."""
-    fig = go.Figure()
-    for name, (x, y) in curves.items():
-        fig.add_trace(
-            go.Scatter(
-                x=x, y=y, mode="lines", name=labels.get(name, name),
-                line=dict(color=CURVE_COLORS.get(name), width=3 if name == "felu" else 2),
-            )
-        )
-    if marker is not None:
-        mx, my, text = marker
-        fig.add_trace(
-            go.Scatter(x=[mx], y=[my], mode="markers+text", name=text, text=[text],
-                       textposition="bottom center", marker=dict(size=11, color="#c2410c", symbol="x"))
-        )
-    fig.add_hline(y=0, line=dict(color="#a1a1aa", width=1))
-    fig.add_vline(x=0, line=dict(color="#a1a1aa", width=1))
-    fig.update_xaxes(title="x")
-    fig.update_yaxes(title=y_title)
-    return _layout(fig)
 
 
 # -------------------------------------------------------------------------------------------- tables
-def bar_figure(labels: Sequence[str], values: Sequence[float], *, colors: Sequence[str] | str | None = None,
-               x_title: str = "", y_title: str = "", y_range: tuple[float, float] | None = None,
-               height: int = 300, text_format: str = ".2f") -> go.Figure:
-    """A simple bar chart with the values written on the bars."""
-    fig = go.Figure(
-        go.Bar(x=list(labels), y=list(values), marker_color=colors, texttemplate=f"%{{y:{text_format}}}",
-               textposition="outside", cliponaxis=False)
-    )
-    fig.update_xaxes(title=x_title)
-    fig.update_yaxes(title=y_title, range=y_range)
-    fig.update_layout(hovermode="closest")
-    return _layout(fig, height=height)
 
 
 # ------------------------------------------------------------------------------------ sidebar groups
@@ -113,7 +43,7 @@ def model_picker(rows: list[dict], default_ids: list[str]) -> list[str]:
     )
     if st.query_params.get_all("models") != chosen:
         st.query_params["models"] = chosen
-    if any(by_id[i]["source"] == "untrained" for i in chosen):
+    if any(not by_id[i]["trained"] for i in chosen):
         st.sidebar.warning("Untrained models have random weights: their maps and predictions are noise, "
                            "shown only to explain the architecture.", icon=":material/warning:")
     return chosen
@@ -165,25 +95,6 @@ def zoo_table(rows: list[dict]) -> list[dict]:
             "epochs": r.get("epochs"),
         })
     return out
-
-
-def cost_figure(rows: list[dict], colors: list[str]) -> go.Figure:
-    """Parameters and CPU latency per model, as two bar charts side by side."""
-    from plotly.subplots import make_subplots
-
-    names = [r["name"] for r in rows]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["parameters (thousands)", "CPU latency (ms, batch 1)"],
-                        horizontal_spacing=0.12)
-    fig.add_trace(go.Bar(x=names, y=[(r["params"] or 0) / 1e3 for r in rows], marker_color=colors,
-                         texttemplate="%{y:.1f}k", textposition="outside", cliponaxis=False, showlegend=False),
-                  row=1, col=1)
-    fig.add_trace(go.Bar(x=names, y=[r["cpu_latency_ms"] for r in rows], marker_color=colors,
-                         texttemplate="%{y:.2f}", textposition="outside", cliponaxis=False, showlegend=False),
-                  row=1, col=2)
-    fig.update_layout(hovermode="closest")
-    fig = _layout(fig, height=320)
-    fig.update_layout(margin=dict(t=40))
-    return fig
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -283,38 +194,6 @@ def _unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def topk_figure(probs_by_model: dict[str, np.ndarray], class_names: list[str], colors: list[str],
-                k: int = 5) -> go.Figure:
-    """Horizontal bars: the top-k classes of each model for one picture, side by side."""
-    from plotly.subplots import make_subplots
-
-    names = list(probs_by_model)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.12)
-    for col, (name, probs) in enumerate(probs_by_model.items(), start=1):
-        order = np.argsort(-probs)[:k][::-1]
-        labels = [class_names[i] if i < len(class_names) else str(i) for i in order]
-        fig.add_trace(go.Bar(x=probs[order], y=labels, orientation="h", marker_color=colors[col - 1],
-                             texttemplate="%{x:.0%}", textposition="outside", cliponaxis=False, showlegend=False,
-                             name=name), row=1, col=col)
-        fig.update_xaxes(range=[0, 1.15], tickformat=".0%", row=1, col=col)
-    fig.update_annotations(font_size=12)
-    fig.update_layout(hovermode="closest")
-    fig = _layout(fig, height=70 + 28 * k, title=None)
-    fig.update_layout(margin=dict(t=30))  # room for the per-model subplot titles
-    return fig
-
-
-def curves_figure(curves: dict[str, np.ndarray], colors: list[str], *, y_title: str) -> go.Figure:
-    """Deletion or insertion curves (target probability vs fraction of pixels changed), one per model."""
-    fig = go.Figure()
-    for (name, curve), color in zip(curves.items(), colors, strict=True):
-        x = np.linspace(0, 1, len(curve))
-        fig.add_trace(go.Scatter(x=x, y=curve, mode="lines", name=name, line=dict(color=color)))
-    fig.update_xaxes(title="fraction of pixels", tickformat=".0%")
-    fig.update_yaxes(title=y_title, range=[0, 1])
-    return _layout(fig, height=260)
-
-
 def target_label(choice: str, class_names: list[str]) -> str:
     if choice == "predicted":
         return "the predicted class"
@@ -345,46 +224,6 @@ def score_rows(models: list[dict], results: dict, pictures: list, class_names: l
 
 
 # ----------------------------------------------------------------------------------------- training
-def live_curves_figure(summary: dict, *, metric: str) -> go.Figure:
-    """One run's live curve: per-step training values (line) and per-epoch test values (markers).
-
-    ``metric`` is "loss" or "acc"."""
-    steps = summary["steps"]
-    epochs = summary["epochs"]
-    fig = go.Figure()
-    if metric == "loss":
-        fig.add_trace(go.Scatter(x=steps["epoch_float"], y=steps["loss"], mode="lines", name="train loss (running mean)",
-                                 line=dict(color="#c2410c")))
-        fig.add_trace(go.Scatter(x=[e["epoch"] for e in epochs], y=[e.get("test_loss") for e in epochs],
-                                 mode="lines+markers", name="test loss", line=dict(color="#1d4ed8", dash="dot")))
-        fig.update_yaxes(title="cross-entropy", rangemode="tozero")
-    else:
-        fig.add_trace(go.Scatter(x=steps["epoch_float"], y=steps["train_acc"], mode="lines",
-                                 name="train accuracy (running)", line=dict(color="#c2410c")))
-        fig.add_trace(go.Scatter(x=[e["epoch"] for e in epochs], y=[e.get("test_acc") for e in epochs],
-                                 mode="lines+markers", name="test accuracy", line=dict(color="#1d4ed8", dash="dot")))
-        fig.update_yaxes(title="accuracy", range=[0, 1], tickformat=".0%")
-    fig.update_xaxes(title="epoch", rangemode="tozero")
-    return _layout(fig, height=300)
-
-
-def runs_overlay_figure(histories: dict[str, list[dict]], colors: list[str], *, key: str, y_title: str,
-                        percent: bool = False) -> go.Figure:
-    """Per-epoch curves of several runs on one chart (``key`` of each epoch dict, e.g. test_acc)."""
-    fig = go.Figure()
-    for (name, history), color in zip(histories.items(), colors, strict=True):
-        fig.add_trace(go.Scatter(x=[h["epoch"] for h in history], y=[h.get(key) for h in history],
-                                 mode="lines+markers", name=name, line=dict(color=color)))
-    fig.update_xaxes(title="epoch", dtick=1 if max((len(h) for h in histories.values()), default=0) <= 15 else None)
-    fig.update_yaxes(title=y_title, tickformat=".0%" if percent else None, rangemode="tozero")
-    return _layout(fig, height=320)
-
-
-def site_bars_figure(values: dict[str, float], *, y_title: str, color: str = "#1d4ed8",
-                     y_range: tuple[float, float] | None = (0, 1)) -> go.Figure:
-    """One bar per attention site (e.g. its mean channel weight this epoch)."""
-    return bar_figure(list(values), list(values.values()), colors=color, y_title=y_title, y_range=y_range,
-                      height=280, text_format=".3f")
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -401,66 +240,6 @@ def format_seconds(seconds: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------------- channel maps
-def short_site(site: str) -> str:
-    """'layer2.1.attn' -> 'layer2.1' (the block), for axis labels."""
-    return site[:-len(".attn")] if site.endswith(".attn") else site
-
-
-def block_channel_figure(weights: dict[str, np.ndarray], *, height: int | None = None) -> go.Figure:
-    """Blocks (rows) x channels (columns) of channel weights on the fixed [0, 1] scale.
-
-    Stages have different widths (16/32/64 in ResNet-20): narrower rows are padded with blanks."""
-    sites = list(weights)
-    width = max(len(w) for w in weights.values())
-    grid = np.full((len(sites), width), np.nan)
-    for i, site in enumerate(sites):
-        grid[i, : len(weights[site])] = weights[site]
-    fig = go.Figure(go.Heatmap(z=grid, x=list(range(width)), y=[short_site(s) for s in sites], zmin=0, zmax=1,
-                               colorscale=WEIGHT_SCALE, colorbar=dict(title="weight", thickness=12),
-                               hovertemplate="%{y} channel %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title="block")
-    fig.update_xaxes(title="channel")
-    fig.update_layout(hovermode="closest")
-    return _layout(fig, height=height or 80 + 22 * len(sites))
-
-
-def channel_bars_figure(series: dict[str, np.ndarray], colors: list[str]) -> go.Figure:
-    """Channel weights of one block for one or two pictures (grouped bars, [0, 1] axis)."""
-    fig = go.Figure()
-    for (name, values), color in zip(series.items(), colors, strict=True):
-        fig.add_trace(go.Bar(x=list(range(len(values))), y=values, name=name, marker_color=color))
-    fig.update_layout(barmode="group", hovermode="x")
-    fig.update_xaxes(title="channel")
-    fig.update_yaxes(title="channel weight", range=[0, 1])
-    return _layout(fig, height=280)
-
-
-CLASS_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                "#bcbd22", "#17becf"]
-
-
-def profiles_figure(mean: np.ndarray, class_names: list[str], *, title: str) -> go.Figure:
-    """Class-wise mean excitation of one block: one line per class across its channels (SE paper fig. 6)."""
-    fig = go.Figure()
-    for k, name in enumerate(class_names):
-        fig.add_trace(go.Scatter(x=list(range(mean.shape[1])), y=mean[k], mode="lines", name=name,
-                                 line=dict(width=1.4, color=CLASS_COLORS[k % len(CLASS_COLORS)])))
-    fig.update_xaxes(title="channel")
-    fig.update_yaxes(title="mean weight", range=[0, 1])
-    fig = _layout(fig, height=420, title=title)
-    # ten classes wrap the legend onto several rows: below the axes, never over the title
-    fig.update_layout(hovermode="closest", legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
-                      margin=dict(l=10, r=10, t=40, b=10))
-    return fig
-
-
-def lines_figure(series: dict[str, dict[str, float]], *, x_title: str, y_title: str) -> go.Figure:
-    """One line per model over categorical x values (e.g. blocks), model colours by position."""
-    fig = go.Figure([go.Scatter(x=list(values), y=list(values.values()), mode="lines+markers", name=name,
-                                line=dict(color=model_color(i))) for i, (name, values) in enumerate(series.items())])
-    fig.update_xaxes(title=x_title)
-    fig.update_yaxes(title=y_title, rangemode="tozero")
-    return _layout(fig, height=300)
 
 
 def pick_models(chosen: list[str], zoo: dict[str, dict], rows: list[dict], *, wanted, fallback_specs: list[str],
@@ -470,7 +249,7 @@ def pick_models(chosen: list[str], zoo: dict[str, dict], rows: list[dict], *, wa
     models = [zoo[i] for i in chosen if wanted(zoo[i])]
     if models:
         return models
-    trained = [r for r in rows if r["spec"] in fallback_specs and r["source"] != "untrained"]
+    trained = [r for r in rows if r["spec"] in fallback_specs and r["trained"]]
     models = trained or [r for r in rows if r["spec"] in fallback_specs]
     if models:
         st.info("None of the chosen models has " + what + ", so this page shows "
@@ -480,38 +259,9 @@ def pick_models(chosen: list[str], zoo: dict[str, dict], rows: list[dict], *, wa
 
 
 def untrained_warning(models: list[dict]) -> None:
-    if any(m["source"] == "untrained" for m in models):
+    if any(not m["trained"] for m in models):
         st.warning("Some models here are untrained: what they show comes from random weights and only "
                    "illustrates the mechanics.", icon=":material/warning:")
-
-
-def branch_class_figure(matrix: np.ndarray, class_names: list[str], *, zmin=None, zmax=None, title: str = "",
-                        colorscale: str = WEIGHT_SCALE, fmt: str = ".2f") -> go.Figure:
-    """Branches (rows) x classes (columns), values written in the cells."""
-    branches = [f"branch {i + 1}" for i in range(matrix.shape[0])]
-    fig = go.Figure(go.Heatmap(z=matrix, x=class_names[: matrix.shape[1]], y=branches, zmin=zmin, zmax=zmax,
-                               colorscale=colorscale, texttemplate=f"%{{z:{fmt}}}", textfont=dict(size=10),
-                               colorbar=dict(thickness=12), hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(hovermode="closest")
-    return _layout(fig, height=90 + 34 * matrix.shape[0], title=title or None)
-
-
-def contributions_figure(contrib: np.ndarray, class_names: list[str], classes: list[int]) -> go.Figure:
-    """Stacked bars: each branch's weighted logit w_b * z_b,k for the given classes; the sum is the output."""
-    fig = go.Figure()
-    palette = ["#93c5fd", "#3b82f6", "#1d4ed8", "#1e3a8a", "#172554"]
-    for b in range(contrib.shape[0]):
-        fig.add_trace(go.Bar(x=[class_names[k] for k in classes], y=[contrib[b, k] for k in classes],
-                             name=f"branch {b + 1}", marker_color=palette[b % len(palette)]))
-    totals = contrib.sum(axis=0)
-    fig.add_trace(go.Scatter(x=[class_names[k] for k in classes], y=[totals[k] for k in classes], mode="markers+text",
-                             name="aggregated logit", text=[f"{totals[k]:.2f}" for k in classes],
-                             textposition="top center", marker=dict(symbol="line-ew-open", size=28, color="#18181b",
-                                                                    line=dict(width=3))))
-    fig.update_layout(barmode="relative", hovermode="x")
-    fig.update_yaxes(title="weighted logit")
-    return _layout(fig, height=320)
 
 
 # ------------------------------------------------------------------------------------- interventions

@@ -127,7 +127,7 @@ def spec_params(specs: list[str], num_classes: int = 10) -> dict[str, int | None
 def _load_model(model_id: str, path: str | None, sha256: str | None):
     from attnviz.catalog import ZooRow, build_model
 
-    row = ZooRow(**zoo_by_id()[model_id])
+    row = ZooRow.from_dict(zoo_by_id()[model_id])
     model, card = build_model(row)  # eval() and requires_grad_(False) inside: shared read-only
     with _COUNT_LOCK:
         LOAD_COUNTS[model_id] += 1
@@ -395,7 +395,7 @@ def _shipped_histories(fingerprint: tuple) -> dict[str, list[dict]]:
 
     out = {}
     for row in zoo_rows():
-        if row["source"] != "shipped" or not row["path"]:
+        if not row["shipped"] or not row["path"]:
             continue
         try:
             history = read_card(Path(row["path"])).get("history") or []

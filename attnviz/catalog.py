@@ -21,7 +21,7 @@ import os
 import platform
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from attnviz.errors import AttnvizError, CheckpointError
@@ -59,8 +59,23 @@ class ZooRow:
     def trained(self) -> bool:
         return self.source != "untrained"
 
+    @property
+    def shipped(self) -> bool:
+        return self.source == "shipped"
+
+    @property
+    def own_run(self) -> bool:
+        return self.source == "your run"
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The row as plain data, with ``trained`` / ``shipped`` / ``own_run`` so callers need not
+        compare ``source`` strings."""
+        return asdict(self) | {"trained": self.trained, "shipped": self.shipped, "own_run": self.own_run}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ZooRow:
+        """Back from :meth:`as_dict` (the derived flags are dropped)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 def cache_dir() -> Path:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-import components as ui
+import figures
 import services
 
 st.title("About attnviz")
@@ -124,7 +124,7 @@ with tab_tables:
         st.caption("A blank means that model cannot be built by this installation yet.")
 
     st.subheader("What the shipped zoo measured (ResNet-20 on CIFAR-10)")
-    zoo = [row for row in services.zoo_rows() if row["source"] == "shipped"]
+    zoo = [row for row in services.zoo_rows() if row["shipped"]]
     if not zoo:
         st.info("No trained checkpoints are shipped with this installation yet, so there is nothing "
                 "measured to put beside the papers. Train one on the **Train** page, or see the Zoo.")
@@ -135,7 +135,7 @@ with tab_tables:
         st.dataframe(table, hide_index=True)
         acc = [(r["name"], 100 * (1 - r["test_acc"])) for r in zoo if r["test_acc"] is not None]
         if acc:
-            st.plotly_chart(ui.bar_figure([a for a, _ in acc], [e for _, e in acc], y_title="test error %",
+            st.plotly_chart(figures.bar_figure([a for a, _ in acc], [e for _, e in acc], y_title="test error %",
                                           colors="#c2410c"), key="about_zoo_err")
             st.caption("Test error of every shipped model, same recipe for all: differences smaller than "
                        "the seed-to-seed spread (see Experiments) are not evidence of a better module.")

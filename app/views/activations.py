@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-import components as ui
+import figures
 import services
 
 st.title("Activations")
@@ -42,12 +42,12 @@ if "felu" in chosen and lo <= x_min <= hi:
 col_f, col_d = st.columns(2)
 with col_f:
     st.subheader("f(x)")
-    st.plotly_chart(ui.activation_figure({n: (c[0], c[1]) for n, c in curves.items()}, labels,
+    st.plotly_chart(figures.activation_figure({n: (c[0], c[1]) for n, c in curves.items()}, labels,
                                          y_title="f(x)", marker=marker), key="act_f")
     st.caption("Look left of zero: ReLU is flat at 0, FeLU dips slightly below 0 and comes back.")
 with col_d:
     st.subheader("f'(x)")
-    st.plotly_chart(ui.activation_figure({n: (c[0], c[2]) for n, c in curves.items()}, labels,
+    st.plotly_chart(figures.activation_figure({n: (c[0], c[2]) for n, c in curves.items()}, labels,
                                          y_title="f'(x)"), key="act_df")
     st.caption("The gradient: where a curve sits on 0 a unit stops learning (ReLU for every x < 0).")
 

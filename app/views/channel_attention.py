@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 
 import components as ui
+import figures
 import services
 
 st.title("Channel attention (SE)")
@@ -17,7 +18,7 @@ zoo = services.zoo_by_id()
 se_models = [zoo[i] for i in chosen if zoo[i]["attention"] in ("se", "eca", "cbam")]
 if not se_models:
     rows = services.zoo_rows()
-    fallback = [r for r in rows if r["spec"] in ("resnet20-se", "resnet20-se-felu") and r["source"] != "untrained"]
+    fallback = [r for r in rows if r["spec"] in ("resnet20-se", "resnet20-se-felu") and r["trained"]]
     fallback = fallback or [r for r in rows if r["spec"] in ("resnet20-se", "resnet20-se-felu")]
     se_models = fallback[:2]
     st.info("None of the chosen models has channel attention, so this page shows "
@@ -26,7 +27,7 @@ if not se_models:
 if not se_models:
     st.warning("The zoo has no model with channel attention.")
     st.stop()
-if any(m["source"] == "untrained" for m in se_models):
+if any(not m["trained"] for m in se_models):
     st.warning("Some models here are untrained: their channel weights come from random weights and carry no "
                "meaning beyond showing the mechanics.", icon=":material/warning:")
 
@@ -60,7 +61,7 @@ for col, model_id in zip(cols, probes, strict=True):
     with col:
         m = zoo[model_id]
         st.markdown(f"**{m['name']}** · {m['activation'] if m['attention'] == 'se' else m['attention']}")
-        st.plotly_chart(ui.block_channel_figure(weights_of(model_id, 0)), key=f"se_grid_{model_id}")
+        st.plotly_chart(figures.block_channel_figure(weights_of(model_id, 0)), key=f"se_grid_{model_id}")
 st.caption("Rows are blocks from input (top) to output (bottom), colour is the weight on one fixed [0, 1] "
            "scale for every model. Look for blocks where weights spread out (the block selects channels) "
            "versus rows of uniform colour (the block passes everything through alike).")
@@ -69,7 +70,7 @@ st.caption("Rows are blocks from input (top) to output (bottom), colour is the w
 any_sites = list(weights_of(next(iter(probes)), 0)) if probes else []
 if any_sites:
     site = st.select_slider("Block", options=any_sites, value=any_sites[len(any_sites) // 2],
-                            format_func=ui.short_site, key="se_block")
+                            format_func=figures.short_site, key="se_block")
     cols = st.columns(len(probes))
     for col, model_id in zip(cols, probes, strict=True):
         series = {}
@@ -79,11 +80,11 @@ if any_sites:
                 series[item.name] = w[site]
         with col:
             if series:
-                st.plotly_chart(ui.channel_bars_figure(series, ["#c2410c", "#1d4ed8"][: len(series)]),
+                st.plotly_chart(figures.channel_bars_figure(series, ["#c2410c", "#1d4ed8"][: len(series)]),
                                 key=f"se_bars_{model_id}")
             else:
                 st.caption(f"{zoo[model_id]['name']} has no site named {site}.")
-    st.caption(f"Channel weights of block {ui.short_site(site)}"
+    st.caption(f"Channel weights of block {figures.short_site(site)}"
                + (" for both pictures: bars that differ are the channels this block uses to tell them apart."
                   if len(good) == 2 else ": add a second picture to compare."))
 
@@ -93,8 +94,8 @@ if len(good) == 2 and probes:
     lines = {}
     for model_id in probes:
         a, b = weights_of(model_id, 0), weights_of(model_id, 1)
-        lines[zoo[model_id]["name"]] = {ui.short_site(s): float(np.mean(np.abs(a[s] - b[s]))) for s in a}
-    st.plotly_chart(ui.lines_figure(lines, x_title="block", y_title="mean |difference| of weights"), key="se_diff")
+        lines[zoo[model_id]["name"]] = {figures.short_site(s): float(np.mean(np.abs(a[s] - b[s]))) for s in a}
+    st.plotly_chart(figures.lines_figure(lines, x_title="block", y_title="mean |difference| of weights"), key="se_diff")
     st.caption("How differently each block weighs the two pictures' channels. The SE paper finds early "
                "blocks class-agnostic and late blocks class-specific: expect the curve to rise with depth.")
 
@@ -115,16 +116,16 @@ for model_id, prof in profiles.items():
     st.markdown(f"**{zoo[model_id]['name']}**")
     cols = st.columns(3)
     for col, (stage, s) in zip(cols, picks.items(), strict=True):
-        col.plotly_chart(ui.profiles_figure(prof["mean"][s], prof["class_names"],
-                                            title=f"{stage}: {ui.short_site(s)} · specialisation {prof['specialisation'][s]:.2f}"),
+        col.plotly_chart(figures.profiles_figure(prof["mean"][s], prof["class_names"],
+                                            title=f"{stage}: {figures.short_site(s)} · specialisation {prof['specialisation'][s]:.2f}"),
                          key=f"se_prof_{model_id}_{stage}")
 if profiles:
     st.caption("Each line is one class's mean weight per channel (SE paper, fig. 6). Lines that lie on top of "
                "each other = the block treats every class alike; lines that separate = class-specific "
                "channels. Specialisation = mean distance between class profiles / spread within a class.")
-    spec_rows = {zoo[mid]["name"]: {ui.short_site(s): v for s, v in p["specialisation"].items()}
+    spec_rows = {zoo[mid]["name"]: {figures.short_site(s): v for s, v in p["specialisation"].items()}
                  for mid, p in profiles.items()}
-    st.plotly_chart(ui.lines_figure(spec_rows, x_title="block", y_title="specialisation"), key="se_specialisation")
+    st.plotly_chart(figures.lines_figure(spec_rows, x_title="block", y_title="specialisation"), key="se_specialisation")
     st.caption("Specialisation per block for every model: the SE paper's claim is that it grows with depth.")
 
 # ------------------------------------------------------------------------------------------- dead units
@@ -144,7 +145,7 @@ if dead:
         with col:
             st.metric(f"{zoo[model_id]['name']} ({zoo[model_id]['activation']})", f"{100 * d['fraction']:.1f}% dead",
                       help=f"{sum(x for x, _ in per_site.values())} of {sum(t for _, t in per_site.values())} hidden units")
-            st.plotly_chart(ui.bar_figure([ui.short_site(s) for s in per_site], [x for x, _ in per_site.values()],
+            st.plotly_chart(figures.bar_figure([figures.short_site(s) for s in per_site], [x for x, _ in per_site.values()],
                                           colors="#7e22ce", y_title="dead units", height=240, text_format="d"),
                             key=f"se_dead_{model_id}")
     st.caption(f"A hidden unit counts as dead when its pre-activation is ≤ 0 for all {next(iter(dead.values()))['n_images']} "

@@ -3,6 +3,7 @@
 import streamlit as st
 
 import components as ui
+import figures
 import services
 
 st.title("Inspect an image")
@@ -15,7 +16,7 @@ if not chosen:
     st.info("Choose at least one model in the sidebar (or tick rows on the Zoo page).")
     st.stop()
 models = [zoo[i] for i in chosen]
-colors = [ui.model_color(i) for i in range(len(models))]
+colors = [figures.model_color(i) for i in range(len(models))]
 
 sources = ui.image_inputs(services.gallery(), key="inspect")
 items = [services.decode(name, data) for name, data in sources]
@@ -77,7 +78,7 @@ for index, item in enumerate(good):
         break
     left, right = st.columns([1, 5], vertical_alignment="center")
     left.image(item.thumbnail, caption=item.name, width=120)
-    right.plotly_chart(ui.topk_figure(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
+    right.plotly_chart(figures.topk_figure(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
                        key=f"inspect_topk_{index}")
 st.caption("Top-5 classes of each model for each picture: look for models that agree, and for how sure "
            "they are. Untrained models spread their probability almost evenly.")
@@ -99,7 +100,7 @@ def heat_map_grid() -> None:
     header = st.columns([1] + [2] * max(len(models), 3))
     header[0].markdown("**picture**")
     for col, m in zip(header[1:], models, strict=False):
-        tag = " *(untrained)*" if m["source"] == "untrained" else ""
+        tag = " *(untrained)*" if not m["trained"] else ""
         col.markdown(f"<span style='color:{colors[chosen.index(m['id'])]}'>■</span> **{m['name']}**{tag}",
                      unsafe_allow_html=True)
     good_index = {item.digest: i for i, item in enumerate(good)}
@@ -161,9 +162,9 @@ if show_scores and results and good:
     first = {zoo[mid]["name"]: per_picture[0].scores[0] for mid, per_picture in results.items()}
     c1, c2 = st.columns(2)
     mcolors = [colors[chosen.index(mid)] for mid in results]
-    c1.plotly_chart(ui.curves_figure({n: s.deletion_curve for n, s in first.items()}, mcolors,
+    c1.plotly_chart(figures.curves_figure({n: s.deletion_curve for n, s in first.items()}, mcolors,
                                      y_title="target probability"), key="inspect_del")
     c1.caption("Deletion: the hottest pixels are removed first; a faithful map makes the curve drop fast.")
-    c2.plotly_chart(ui.curves_figure({n: s.insertion_curve for n, s in first.items()}, mcolors,
+    c2.plotly_chart(figures.curves_figure({n: s.insertion_curve for n, s in first.items()}, mcolors,
                                      y_title="target probability"), key="inspect_ins")
     c2.caption("Insertion: the hottest pixels are restored first on a blurred picture; faithful maps rise fast.")

@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 
 import components as ui
+import figures
 import services
 
 st.title("Interflow")
@@ -50,22 +51,22 @@ for model in models:
     left.metric("final prediction", class_names[final_top], f"{final_probs[final_top]:.0%}", delta_color="off")
     with right:
         if weights.ndim == 1:
-            st.plotly_chart(ui.bar_figure([f"branch {i + 1} (stage {i + 1})" for i in range(n)], weights,
+            st.plotly_chart(figures.bar_figure([f"branch {i + 1} (stage {i + 1})" for i in range(n)], weights,
                                           colors="#15803d", y_title="branch weight w_b", y_range=None, height=260,
                                           text_format=".3f"), key=f"if_w_{model['id']}")
             st.caption("One learned (soft) or fixed (hard) weight per stage branch: a large weight means the "
                        "final answer leans on that stage; the paper expects deep stages to dominate.")
         else:
-            st.plotly_chart(ui.branch_class_figure(weights, class_names, title="branch weight W[b, k]",
-                                                   colorscale=ui.DIVERGING_SCALE,
+            st.plotly_chart(figures.branch_class_figure(weights, class_names, title="branch weight W[b, k]",
+                                                   colorscale=figures.DIVERGING_SCALE,
                                                    zmin=-float(np.abs(weights).max()), zmax=float(np.abs(weights).max())),
                             key=f"if_w_{model['id']}")
             st.caption("per_class: one weight per branch and class. Read a column: which stage each class "
                        "relies on (blue positive, red negative, white near 0).")
 
     st.subheader("Each branch's own prediction")
-    st.plotly_chart(ui.branch_class_figure(branch_probs, class_names, zmin=0, zmax=1, fmt=".0%",
-                                           colorscale=ui.WEIGHT_SCALE), key=f"if_probs_{model['id']}")
+    st.plotly_chart(figures.branch_class_figure(branch_probs, class_names, zmin=0, zmax=1, fmt=".0%",
+                                           colorscale=figures.WEIGHT_SCALE), key=f"if_probs_{model['id']}")
     tops = [int(np.argmax(p)) for p in branch_probs]
     st.caption("Softmax of every branch's logits on its own: "
                + "; ".join(f"branch {b + 1} says **{class_names[t]}** ({branch_probs[b, t]:.0%})" for b, t in enumerate(tops))
@@ -74,7 +75,7 @@ for model in models:
     st.subheader("How they combine")
     contrib = branch_logits * (weights[:, None] if weights.ndim == 1 else weights)
     top_classes = list(np.argsort(-final_probs)[:4])
-    st.plotly_chart(ui.contributions_figure(contrib, class_names, top_classes), key=f"if_contrib_{model['id']}")
+    st.plotly_chart(figures.contributions_figure(contrib, class_names, top_classes), key=f"if_contrib_{model['id']}")
     st.caption("For the four classes the model finally ranks highest: each branch's weighted logit w_b·z_b,k "
                "stacked; the bar's end (marked) is the aggregated logit that the final softmax turns into "
                "probabilities. A branch pushing below zero votes against that class.")

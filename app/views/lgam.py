@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 
 import components as ui
+import figures
 import services
 
 st.title("LGAM: lightweight group-wise attention")
@@ -39,7 +40,7 @@ def spatial_maps(model: dict, sites: dict) -> None:
         for col, site in zip(cols, names[start:start + per_row], strict=False):
             spatial = sites[site]["spatial"][0, 0]
             png = services.overlay_png(item.display, spatial, colormap, opacity, vmin=0.5, vmax=1.0)
-            col.image(png, caption=f"{ui.short_site(site)} · {spatial.shape[0]}×{spatial.shape[1]} · "
+            col.image(png, caption=f"{figures.short_site(site)} · {spatial.shape[0]}×{spatial.shape[1]} · "
                                    f"{spatial.min():.2f}–{spatial.max():.2f}", width="stretch")
     st.caption("M_spat of every LGAM site from the first block (top left) to the last, upsampled from its own "
                "resolution. Scale fixed to [0.5, 1] for every site and model: the ReLU inside σ(δ(·)) of eq. (6) "
@@ -73,17 +74,17 @@ for model in models:
 
     st.subheader("Per-group channel weights")
     names = list(sites)
-    site = st.select_slider("Site", options=names, value=names[len(names) // 2], format_func=ui.short_site,
+    site = st.select_slider("Site", options=names, value=names[len(names) // 2], format_func=figures.short_site,
                             key=f"lgam_site_{model['id']}")
     record = sites[site]
     weights = record["group_channel_weights"][0]
     groups = int(record.get("groups") or 1)
     per_group = len(weights) // groups
-    group_colors = [ui.CLASS_COLORS[g % len(ui.CLASS_COLORS)] for g in range(groups) for _ in range(per_group)]
-    st.plotly_chart(ui.bar_figure([str(c) for c in range(len(weights))], weights, colors=group_colors,
+    group_colors = [figures.CLASS_COLORS[g % len(figures.CLASS_COLORS)] for g in range(groups) for _ in range(per_group)]
+    st.plotly_chart(figures.bar_figure([str(c) for c in range(len(weights))], weights, colors=group_colors,
                                   x_title="channel (colour = group)", y_title="M_chan", y_range=(0, 1), height=280,
                                   text_format=".2f"), key=f"lgam_groups_{model['id']}")
-    st.caption(f"M_chan of each of the {groups} groups of {per_group} channels at {ui.short_site(site)}: every group "
+    st.caption(f"M_chan of each of the {groups} groups of {per_group} channels at {figures.short_site(site)}: every group "
                "has its own small MLP (eq. 2), so look for groups that keep their channels (near 1) versus groups "
                "that damp them.")
 
@@ -94,7 +95,7 @@ for model in models:
     a1 = float(record["a_prime_norm"][0])
     a2 = float(record["a_double_prime_norm"][0])
     st.markdown(
-        f"At **{ui.short_site(site)}** the input A (‖A‖ = {a:.1f}) is cut into {groups} groups. Group 1 gets "
+        f"At **{figures.short_site(site)}** the input A (‖A‖ = {a:.1f}) is cut into {groups} groups. Group 1 gets "
         f"channel weights averaging **{group_means[0]:.2f}**; its output y₁ = x₁ + M_chan·x₁ is added to group 2's "
         f"input before group 2 is weighted (mean {group_means[1] if groups > 1 else float('nan'):.2f}), and so on "
         f"down the ladder (group means: {', '.join(f'{g:.2f}' for g in group_means)}). Concatenated, the groups "

@@ -4,6 +4,7 @@ import numpy as np
 import streamlit as st
 
 import components as ui
+import figures
 import services
 
 st.title("Sanity checks")
@@ -14,7 +15,7 @@ st.markdown("If a heat map barely changes when the network's weights are replace
 
 chosen = services.chosen_models()
 zoo = services.zoo_by_id()
-models = [zoo[i] for i in chosen] or [r for r in services.zoo_rows() if r["source"] != "untrained"][:1]
+models = [zoo[i] for i in chosen] or [r for r in services.zoo_rows() if r["trained"]][:1]
 if not models:
     st.warning("The zoo has no model to check.")
     st.stop()
@@ -59,7 +60,7 @@ metric = st.radio("Measure", ["spearman_abs", "spearman", "ssim"], horizontal=Tr
                                "ssim": "SSIM of the heat maps"}.get)
 curves = {ui.METHOD_LABELS.get(m, m) + f" · {result['verdicts'][m]}": dict(zip(labels, c[metric], strict=True))
           for m, c in result["curves"].items()}
-st.plotly_chart(ui.lines_figure(curves, x_title="randomised down to" if mode == "cascading" else "randomised alone",
+st.plotly_chart(figures.lines_figure(curves, x_title="randomised down to" if mode == "cascading" else "randomised alone",
                                 y_title=metric), key="sanity_curves")
 st.caption("1.0 = the same map as the trained model's. Methods whose curve falls towards 0 pass the check; "
            "a curve that stays high means the map survives random weights (Adebayo et al. found this for Guided "
@@ -69,7 +70,7 @@ if result["readouts"]:
     st.subheader("The attention modules' own readouts")
     readouts = {key: dict(zip(labels, values, strict=True)) for key, values in result["readouts"].items()
                 if not all(np.isnan(v) for v in values)}
-    st.plotly_chart(ui.lines_figure(readouts, x_title="randomised down to" if mode == "cascading" else "randomised alone",
+    st.plotly_chart(figures.lines_figure(readouts, x_title="randomised down to" if mode == "cascading" else "randomised alone",
                                     y_title="rank correlation with trained"), key="sanity_readouts")
     st.caption("Channel weights, spatial masks and Interflow branch weights of every site, compared with the trained "
                "model's for this picture: a site keeps 1.0 until its own stage (or one before it) is randomised.")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 import components as ui
+import figures
 import services
 
 st.title("Train a model")
@@ -119,9 +120,9 @@ def live_panel(job_id: str) -> None:
         (st.warning if status.state == "cancelled" else st.error)(status.message)
     if summary["steps"]["global_step"]:
         left, right = st.columns(2)
-        left.plotly_chart(ui.live_curves_figure(summary, metric="loss"), key=f"live_loss_{job_id}")
+        left.plotly_chart(figures.live_curves_figure(summary, metric="loss"), key=f"live_loss_{job_id}")
         left.caption("Loss falling = learning; test loss (dots, once per epoch) well above train loss = overfitting.")
-        right.plotly_chart(ui.live_curves_figure(summary, metric="acc"), key=f"live_acc_{job_id}")
+        right.plotly_chart(figures.live_curves_figure(summary, metric="acc"), key=f"live_acc_{job_id}")
         right.caption("Accuracy on the training batches so far and on the held-out test split after each epoch.")
     if epochs:
         attention = epochs[-1].get("attention") or {}
@@ -129,20 +130,20 @@ def live_panel(job_id: str) -> None:
         a1, a2 = st.columns(2)
         dead = [e.get("attention", {}).get("dead_fraction_total") for e in epochs]
         if any(d is not None for d in dead):
-            a1.plotly_chart(ui.bar_figure([f"epoch {e['epoch']}" for e in epochs], [d or 0 for d in dead],
+            a1.plotly_chart(figures.bar_figure([f"epoch {e['epoch']}" for e in epochs], [d or 0 for d in dead],
                                           colors="#7e22ce", y_title="dead SE hidden units", y_range=(0, 1),
                                           height=260, text_format=".1%"), key=f"live_dead_{job_id}")
             a1.caption("Share of SE excitation units that are ≤ 0 for every probe image (dead for ReLU; FeLU "
                        "still passes a gradient there).")
         weights = attention.get("channel_weight_mean") or {}
         if weights:
-            a2.plotly_chart(ui.site_bars_figure(weights, y_title="mean channel weight"), key=f"live_w_{job_id}")
+            a2.plotly_chart(figures.site_bars_figure(weights, y_title="mean channel weight"), key=f"live_w_{job_id}")
             a2.caption("Mean channel weight of each attention site: near 0.5 = undecided, far from it = "
                        "the module rescales its channels strongly.")
         branch = attention.get("interflow_branch_weights")
         if branch:
             flat = branch if not isinstance(branch[0], list) else [sum(row) / len(row) for row in branch]
-            a1.plotly_chart(ui.bar_figure([f"branch {i + 1}" for i in range(len(flat))], flat, colors="#15803d",
+            a1.plotly_chart(figures.bar_figure([f"branch {i + 1}" for i in range(len(flat))], flat, colors="#15803d",
                                           y_title="branch weight", y_range=None, height=260, text_format=".3f"),
                             key=f"live_branch_{job_id}")
             a1.caption("Interflow's aggregation weight of each stage branch (per_class: averaged over classes).")
@@ -155,7 +156,7 @@ def live_panel(job_id: str) -> None:
     elif active:
         st.rerun()  # it just ended: redraw the whole page once (the new checkpoint is in the zoo now)
     if status.state in ("finished", "cancelled"):
-        row = next((r for r in services.zoo_rows() if r["source"] == "your run"
+        row = next((r for r in services.zoo_rows() if r["own_run"]
                     and r["path"] and r["path"].startswith(status.run_dir)), None)
         if row is not None:
             st.success(f"In the zoo as **{row['name']}**"
@@ -193,12 +194,12 @@ for key in picked:
         histories[overlay_label(key)] = shipped_histories[ident]
 histories = {k: v for k, v in histories.items() if v}
 if histories:
-    colors = [ui.model_color(i) for i in range(len(histories))]
+    colors = [figures.model_color(i) for i in range(len(histories))]
     o1, o2 = st.columns(2)
-    o1.plotly_chart(ui.runs_overlay_figure(histories, colors, key="test_acc", y_title="test accuracy", percent=True),
+    o1.plotly_chart(figures.runs_overlay_figure(histories, colors, key="test_acc", y_title="test accuracy", percent=True),
                     key="overlay_acc")
     o1.caption("Test accuracy after each epoch: compare how fast and how far each run gets.")
-    o2.plotly_chart(ui.runs_overlay_figure(histories, colors, key="test_loss", y_title="test loss"), key="overlay_loss")
+    o2.plotly_chart(figures.runs_overlay_figure(histories, colors, key="test_loss", y_title="test loss"), key="overlay_loss")
     o2.caption("Test loss after each epoch: a curve that turns up while accuracy stalls is overfitting.")
 else:
     st.caption("The chosen runs have no completed epoch to draw yet.")

@@ -5,6 +5,7 @@ from functools import partial
 import streamlit as st
 
 import components as ui
+import figures
 import services
 
 st.title("Model zoo")
@@ -15,8 +16,8 @@ chosen = services.chosen_models()
 with st.spinner("Counting parameters and FLOPs and timing each model on the CPU (once; cached afterwards)..."):
     rows = services.zoo_rows_with_costs()
 
-trained = [r for r in rows if r["source"] != "untrained"]
-if not any(r["source"] == "shipped" for r in rows):
+trained = [r for r in rows if r["trained"]]
+if not any(r["shipped"] for r in rows):
     st.warning(
         "No trained weights are shipped with this installation yet. The table lists the zoo's "
         "architectures as **untrained** models (random weights): their predictions and maps are noise "
@@ -26,7 +27,7 @@ if not any(r["source"] == "shipped" for r in rows):
 
 show_untrained = st.toggle("Show untrained architectures", value=not trained, key="zoo_untrained",
                            help="Architectures of the zoo without a trained checkpoint (random weights).")
-table_rows = [r for r in rows if show_untrained or r["source"] != "untrained" or r["id"] in chosen]
+table_rows = [r for r in rows if show_untrained or r["trained"] or r["id"] in chosen]
 ids = [r["id"] for r in table_rows]
 # A new key whenever the choice changes elsewhere (sidebar, URL) so the table's ticks follow it.
 table_key = "zoo_table_" + ui.short_hash([chosen, ids])
@@ -63,8 +64,8 @@ left, right = st.columns(2)
 with left:
     scored = [r for r in picked if r["test_acc"] is not None]
     if scored:
-        st.plotly_chart(ui.bar_figure([r["name"] for r in scored], [100 * r["test_acc"] for r in scored],
-                                      colors=[ui.model_color(chosen.index(r["id"])) for r in scored],
+        st.plotly_chart(figures.bar_figure([r["name"] for r in scored], [100 * r["test_acc"] for r in scored],
+                                      colors=[figures.model_color(chosen.index(r["id"])) for r in scored],
                                       y_title="test accuracy %", text_format=".2f", y_range=(0, 100)),
                         key="zoo_acc")
         st.caption("Test accuracy of each chosen model on its own dataset's test split: only models "
@@ -72,7 +73,7 @@ with left:
     else:
         st.info("None of the chosen models is trained, so there is no accuracy to compare.")
 with right:
-    st.plotly_chart(ui.cost_figure(picked, [ui.model_color(chosen.index(r["id"])) for r in picked]),
+    st.plotly_chart(figures.cost_figure(picked, [figures.model_color(chosen.index(r["id"])) for r in picked]),
                     key="zoo_cost")
     st.caption("What each chosen model costs: parameters and CPU time per picture. An attention module "
                "should add little of either over the plain backbone.")

@@ -97,9 +97,9 @@ def test_the_latest_upload_comes_first(app):
 
 
 def test_class_profile_legend_sits_below_the_axes_not_over_the_title():
-    import components as ui
+    import figures
 
-    fig = ui.profiles_figure(np.random.default_rng(0).random((10, 16)), [f"class {i}" for i in range(10)],
+    fig = figures.profiles_figure(np.random.default_rng(0).random((10, 16)), [f"class {i}" for i in range(10)],
                              title="early: layer1.0 · specialisation 0.79")
     assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
     assert fig.layout.title.text.startswith("early")
