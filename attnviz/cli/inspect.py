@@ -153,11 +153,45 @@ def _describe_site(summary: dict) -> str:
     return ": ".join(parts[:1]) + " " + ", ".join(parts[1:])
 
 
+def _inspect_one(args, method: str, image_path: str, image, name: str, model, card: dict, out_dir: Path | None) -> dict:
+    """One model on one picture (`attnviz.inspection.inspect_picture`), with its overlays written to ``out_dir``."""
+    from attnviz.inspection import heat_map_png, inspect_picture
+
+    num_classes = int(getattr(model, "num_classes", 0) or card.get("num_classes") or 0)
+    target = _resolve_target(args.target, card, num_classes)
+    inspection = inspect_picture(model, card, image, method=method, target=target, layer=args.layer,
+                                 branches=True, name=name)
+    predictions = [{"class": i, "name": _class_name(card, i), "prob": p} for i, p in inspection.top(args.topk)]
+    cams = []
+    for explanation in inspection.maps:
+        png_path = None
+        if out_dir is not None:
+            suffix = "" if explanation.branch is None else f"__branch{explanation.branch + 1}"
+            png_path = out_dir / f"{_safe_name(Path(image_path).stem)}__{_safe_name(name)}__{method}{suffix}.png"
+            png_path.write_bytes(heat_map_png(image, explanation.heatmap, colormap=args.colormap, canvas=None))
+        cams.append({"branch": explanation.branch, "layer": explanation.layer,
+                     "target": explanation.target, "target_name": _class_name(card, explanation.target),
+                     "png": str(png_path) if png_path else None})
+    return {"model": name, "predictions": predictions, "cams": cams, "attention": inspection.sites}
+
+
+def _print_result(result: dict, card: dict, method: str) -> None:
+    flag = " (untrained)" if card.get("untrained") else ""
+    predictions = result["predictions"]
+    print(f"  {result['model']}{flag}:")
+    print("    top-{}: {}".format(len(predictions), ", ".join(f"{p['name']} {100 * p['prob']:.1f}%" for p in predictions)))
+    for summary in result["attention"]:
+        print(f"    {_describe_site(summary)}")
+    for cam in result["cams"]:
+        where = f" -> {cam['png']}" if cam["png"] else ""
+        which = "" if cam["branch"] is None else f" branch {cam['branch'] + 1}"
+        print(f"    {method}{which} at {cam['layer'] or 'input'} for '{cam['target_name']}'{where}")
+
+
 def run(args) -> int:
     from attnviz.device import pick_device
     from attnviz.explanations import canonical_method
     from attnviz.images import read_image
-    from attnviz.inspection import heat_map_png, inspect_picture
 
     method = canonical_method(args.method)
     if args.topk < 1:
@@ -193,36 +227,10 @@ def run(args) -> int:
             for note in loaded.notes:
                 print(f"  note: {note}")
         for name, model, card in models:
-            num_classes = int(getattr(model, "num_classes", 0) or card.get("num_classes") or 0)
-            target = _resolve_target(args.target, card, num_classes)
-            inspection = inspect_picture(model, card, loaded.image, method=method, target=target, layer=args.layer,
-                                         branches=True, name=name)
-            top = inspection.top(args.topk)
-            k = len(top)
-            predictions = [{"class": i, "name": _class_name(card, i), "prob": p} for i, p in top]
-            cams = []
-            for explanation in inspection.maps:
-                png_path = None
-                if out_dir is not None:
-                    suffix = "" if explanation.branch is None else f"__branch{explanation.branch + 1}"
-                    png_path = out_dir / f"{_safe_name(Path(image_path).stem)}__{_safe_name(name)}__{method}{suffix}.png"
-                    png_path.write_bytes(heat_map_png(loaded.image, explanation.heatmap, colormap=args.colormap,
-                                                      canvas=None))
-                cams.append({"branch": explanation.branch, "layer": explanation.layer,
-                             "target": explanation.target, "target_name": _class_name(card, explanation.target),
-                             "png": str(png_path) if png_path else None})
-            sites = inspection.sites
-            entry["models"].append({"model": name, "predictions": predictions, "cams": cams, "attention": sites})
+            result = _inspect_one(args, method, image_path, loaded.image, name, model, card, out_dir)
+            entry["models"].append(result)
             if not args.json:
-                flag = " (untrained)" if card.get("untrained") else ""
-                print(f"  {name}{flag}:")
-                print("    top-{}: {}".format(k, ", ".join(f"{p['name']} {100 * p['prob']:.1f}%" for p in predictions)))
-                for summary in sites:
-                    print(f"    {_describe_site(summary)}")
-                for cam in cams:
-                    where = f" -> {cam['png']}" if cam["png"] else ""
-                    which = "" if cam["branch"] is None else f" branch {cam['branch'] + 1}"
-                    print(f"    {method}{which} at {cam['layer'] or 'input'} for '{cam['target_name']}'{where}")
+                _print_result(result, card, method)
         report["images"].append(entry)
     if args.json:
         json.dump(report, sys.stdout, indent=1)
