@@ -24,7 +24,12 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from attnviz.checkpoints import list_checkpoints, load_checkpoint, read_card
+from attnviz.device import describe_device, pick_device
 from attnviz.errors import AttnvizError, CheckpointError
+from attnviz.models.registry import create_model, parse_spec
+from attnviz.paths import attnviz_home, runs_dir
+from attnviz.stats import count_flops, count_params
 from attnviz.zoo import ZOO
 
 # The specs the shipped zoo is made of (issue 5); listed as untrained until their checkpoints exist.
@@ -79,14 +84,11 @@ class ZooRow:
 
 
 def cache_dir() -> Path:
-    from attnviz.paths import attnviz_home
-
     return attnviz_home() / "cache"
 
 
 def describe_spec(spec: str) -> dict[str, str]:
     """attention / activation / interflow of a spec, for the table (``-`` where not applicable)."""
-    from attnviz.models.registry import parse_spec
 
     parsed = parse_spec(spec)
     activation = "-"
@@ -107,7 +109,6 @@ def _source_of(entry: dict, runs: Path) -> str:
 
 def _card_rows(entries: list[dict], runs: Path) -> list[ZooRow]:
     """Rows from ``attnviz.checkpoints.list_checkpoints`` entries (full cards read for the rest)."""
-    from attnviz.checkpoints import read_card
 
     rows = []
     for entry in entries:
@@ -138,8 +139,6 @@ def zoo_rows(*, include_untrained: bool = True, dirs: list[Path] | None = None,
 
     Latencies and counted costs come from the on-disk caches; ``measure_costs`` fills what is missing.
     """
-    from attnviz.checkpoints import list_checkpoints
-    from attnviz.paths import runs_dir
 
     rows = _card_rows(list_checkpoints(dirs), runs_dir())
     if include_untrained:
@@ -168,8 +167,6 @@ def zoo_rows(*, include_untrained: bool = True, dirs: list[Path] | None = None,
 
 
 def _canonical(spec: str) -> str:
-    from attnviz.models.registry import parse_spec
-
     return parse_spec(spec).canonical()
 
 
@@ -209,8 +206,6 @@ def _latency_key(row: ZooRow) -> str:
 def build_model(row: ZooRow):
     """The model of a row with its card: trained rows load their checkpoint, untrained ones are built
     with random weights (card ``untrained: True``). Returned in eval mode, gradients off."""
-    from attnviz.checkpoints import load_checkpoint
-    from attnviz.models.registry import create_model
 
     if row.trained:
         if not row.path:
@@ -279,7 +274,6 @@ def measure_costs(rows: list[ZooRow], *, latency: bool = True) -> list[ZooRow]:
     Latencies are measured here only for rows the cache lacks; the app calls this once at server
     start (``device_report``), before any session's work, so they are taken on a quiet machine.
     """
-    from attnviz.stats import count_flops, count_params
 
     costs, latencies = {}, {}
     cached_latency = _read_cache("latency.json")
@@ -292,7 +286,6 @@ def measure_costs(rows: list[ZooRow], *, latency: bool = True) -> list[ZooRow]:
             if latency and row.cpu_latency_ms is None:
                 row.cpu_latency_ms = known
             continue
-        from attnviz.models.registry import create_model
 
         # latency does not depend on the weights: build the architecture, no checkpoint read needed
         model = create_model(row.spec, num_classes=row.num_classes).eval()
@@ -320,8 +313,6 @@ def latency_measured_at(rows: list[ZooRow]) -> str | None:
 
 def spec_params(specs: list[str], num_classes: int = 10) -> dict[str, int | None]:
     """Parameter counts of built (untrained) models; ``None`` for a spec this version cannot build."""
-    from attnviz.models.registry import create_model
-    from attnviz.stats import count_params
 
     out: dict[str, int | None] = {}
     for spec in specs:
@@ -338,7 +329,6 @@ def device_report(preference: str | None = None) -> dict:
     at server start) of which the plain ResNet-20's is quoted; the Zoo table shows the same numbers."""
     import torch
 
-    from attnviz.device import describe_device, pick_device
 
     device = pick_device(preference)
     n = 512
@@ -358,7 +348,6 @@ def device_report(preference: str | None = None) -> dict:
     rows = measure_costs(zoo_rows(with_latency=False))
     reference = next((r.cpu_latency_ms for r in rows if r.spec == "resnet20" and r.num_classes == 10), None)
     if reference is None:  # no plain ResNet-20 in this zoo: measure the architecture the same way
-        from attnviz.models.registry import create_model
 
         reference = round(measure_latency(create_model("resnet20").eval()), 3)
     return {"device": str(device), "description": describe_device(device),

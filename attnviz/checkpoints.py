@@ -28,6 +28,7 @@ from torch import nn
 
 from attnviz import __version__
 from attnviz.errors import AttnvizError, CheckpointError
+from attnviz.models.registry import create_model
 from attnviz.paths import SHIPPED_DIR, runs_dir
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"}
@@ -223,7 +224,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"The weights in {weights_path.name} contain NaN or infinite values ({key}).")
-    from attnviz.models.registry import create_model
 
     try:
         model = create_model(str(card["spec"]), num_classes=int(card["num_classes"]), in_chans=int(card.get("in_chans", 3)))

@@ -11,17 +11,19 @@ order differences between machines, far below any real change (a changed module 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+
+from attnviz.checkpoints import load_checkpoint
+from attnviz.data import load_dataset, match_channels, preprocess
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "tests" / "golden"
 TOLERANCE = 1e-3
 
 
 def golden_batch(card: dict) -> torch.Tensor:
-    from attnviz.data import load_dataset, match_channels, preprocess
-
     sample = load_dataset("sample")
     labels = sample.test_labels
     index = torch.stack([torch.nonzero(labels == k)[0, 0] for k in range(int(labels.max()) + 1)])
@@ -37,9 +39,7 @@ def golden_logits(model: torch.nn.Module, card: dict) -> torch.Tensor:
 
 def write_golden(card_path: str | Path, golden_dir: str | Path = GOLDEN_DIR) -> Path | None:
     """Store ``golden_dir/NAME.json`` for the checkpoint at ``card_path``; ``None`` if it is unfinished."""
-    import json
 
-    from attnviz.checkpoints import load_checkpoint
 
     model, card = load_checkpoint(card_path)
     if card.get("status", "complete") != "complete":

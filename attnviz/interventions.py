@@ -45,7 +45,9 @@ import torch
 from torch import nn
 
 from attnviz.errors import AttnvizError
+from attnviz.explanations import explain
 from attnviz.locks import model_lock
+from attnviz.probes import attention_sites, probe
 
 CHANNEL_METHODS = ("channel_ones", "channel_mean", "channel_class_mean", "channel_zero_topk")
 SPATIAL_METHODS = ("spatial_ones", "spatial_mean")
@@ -107,7 +109,6 @@ def applicable_methods(module: nn.Module) -> list[str]:
 
 def intervention_sites(model: nn.Module) -> dict[str, dict]:
     """site -> {"kind", "methods", "channels", "branches"} for every site some method applies to."""
-    from attnviz.probes import attention_sites
 
     out = {}
     for site, module in attention_sites(model).items():
@@ -154,8 +155,6 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
 
 
 def _plan(model: nn.Module, intervention: Intervention) -> _Plan:
-    from attnviz.probes import attention_sites
-
     if not isinstance(intervention, Intervention):
         raise AttnvizError("each intervention must be an attnviz.interventions.Intervention")
     sites = attention_sites(model)
@@ -285,7 +284,6 @@ def readout_means(model: nn.Module, batches: Iterable[Any], *, num_classes: int 
 
     ``batches`` yields preprocessed images [B, C, H, W] or ``(images, labels)`` pairs. Sums are float64.
     """
-    from attnviz.probes import attention_sites, probe
 
     sites = {s: m for s, m in attention_sites(model).items() if applicable_methods(m)}
     sums: dict[str, dict[str, torch.Tensor]] = {s: {} for s in sites}
@@ -356,7 +354,6 @@ def intervention_effect(model: nn.Module, x: torch.Tensor, interventions: Interv
                         *, method: str | None = "gradcam", layer: str | None = None) -> InterventionEffect:
     """Probabilities and (``method`` not None) heat maps for ``x`` before and inside the interventions;
     both maps explain the class predicted before, so the map shows what the change did to that evidence."""
-    from attnviz.explanations import explain
 
     items = [interventions] if isinstance(interventions, Intervention) else list(interventions)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:

@@ -58,7 +58,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnviz.errors import AttnvizError
+from attnviz.explanations import canonical_method, explain
+from attnviz.layers.taps import AttentionModule
 from attnviz.locks import model_lock
+from attnviz.models.registry import create_model
+from attnviz.probes import probe
 
 MODES = ("cascading", "independent")
 GRANULARITIES = ("stage", "block")
@@ -161,7 +165,6 @@ def map_similarity(reference_raw: np.ndarray, reference_heat: np.ndarray, raw: n
 
 def _owns_backbone_conv(module: nn.Module) -> bool:
     """True when ``module`` holds a convolution outside any attention module (starts a new block)."""
-    from attnviz.layers.taps import AttentionModule
 
     if isinstance(module, AttentionModule):
         return False
@@ -213,7 +216,6 @@ def _fresh_model(model: nn.Module, seed: int) -> nn.Module | None:
     spec = getattr(model, "spec", None)
     if not spec:
         return None
-    from attnviz.models.registry import create_model
 
     try:
         with torch.random.fork_rng(devices=[]):
@@ -385,7 +387,6 @@ def describe(result: SanityResult, metric: str = "spearman_abs") -> str:
 
 def _check_inputs(model: nn.Module, x: torch.Tensor, methods: Sequence[str], mode: str,
                   granularity: str) -> list[str]:
-    from attnviz.explanations import canonical_method
 
     if mode not in MODES:
         raise AttnvizError(f"unknown randomisation mode '{mode}'; use cascading or independent")
@@ -419,8 +420,6 @@ def _readouts(result) -> dict[str, np.ndarray]:
 
 def _evaluate(model: nn.Module, x: torch.Tensor, targets: list[int], methods: list[str],
               layer: str | None) -> tuple[dict, dict, np.ndarray, dict]:
-    from attnviz.explanations import explain
-    from attnviz.probes import probe
 
     heat, raw = {}, {}
     for method in methods:

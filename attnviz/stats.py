@@ -6,6 +6,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from attnviz.layers.create_attn import list_attentions
+from attnviz.models.interflow import MODES
+from attnviz.models.registry import create_model, list_archs
+from attnviz.paper_tables import paper_params
+
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -36,10 +41,6 @@ def params_table(archs=None, attentions=None, class_counts=(10, 100), include_in
 
     Each row: spec, num_classes, params, params_m, flops, mflops, paper_params_m, paper_source, delta_m.
     """
-    from attnviz.layers.create_attn import list_attentions
-    from attnviz.models.interflow import MODES
-    from attnviz.models.registry import create_model, list_archs
-    from attnviz.paper_tables import paper_params
 
     archs = archs or list_archs()
     attentions = attentions or ([a for a in list_attentions()] + ["se-felu"])

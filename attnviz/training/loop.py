@@ -24,7 +24,9 @@ from attnviz.checkpoints import read_card, save_checkpoint, state_dict_for_savin
 from attnviz.data import ImageDataset, preprocess
 from attnviz.device import describe_device, pick_device
 from attnviz.errors import AttnvizError, CheckpointError, TrainingCancelled, TrainingDiverged, TrainingError
+from attnviz.models.registry import create_model
 from attnviz.paths import runs_dir
+from attnviz.stats import count_flops, count_params
 from attnviz.training import setup
 from attnviz.training.batches import augment_batch, criterion, epoch_shard, mixed_seed
 from attnviz.training.clock import clock, install_suspend_clock
@@ -294,8 +296,6 @@ class _Run:
 
     # ----------------------------------------------------------------------------------- events
     def _start_event(self) -> dict:
-        from attnviz.stats import count_params
-
         return {
             "event": "start", "name": self.name, "spec": self.spec, "dataset": self.data.name,
             "n_train": self.n_train, "n_test": int(self.test_y.shape[0]), "num_classes": self.data.num_classes,
@@ -404,7 +404,6 @@ class _Run:
     # --------------------------------------------------------------------------------- saving
     def _card(self, status: str, metrics: dict, epochs_done: float) -> dict:
         from attnviz import __version__
-        from attnviz.stats import count_flops
 
         if self.flops is None:
             self.flops = count_flops(copy.deepcopy(self.net).to("cpu").float(), (self.in_chans, *self.data.input_size))
@@ -420,7 +419,6 @@ class _Run:
 
     def _final_metrics(self) -> dict:
         """Measure like ``attnviz eval``: CPU, float32, contiguous copy of the weights."""
-        from attnviz.models.registry import create_model
 
         clone = create_model(self.spec, num_classes=self.data.num_classes, in_chans=self.in_chans)
         clone.load_state_dict(state_dict_for_saving(self.net))

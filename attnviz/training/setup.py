@@ -7,6 +7,7 @@ from torch import nn
 
 from attnviz.data import ImageDataset, channel_stats, load_dataset, match_channels, preprocess
 from attnviz.errors import AttnvizError
+from attnviz.models.registry import create_model
 from attnviz.training.batches import WithBranches
 from attnviz.training.distributed import Ranks
 from attnviz.training.recipe import Recipe
@@ -34,7 +35,6 @@ def dataset(data: str | ImageDataset) -> ImageDataset:
 
 def network(model: str | nn.Module, data: ImageDataset, seed: int) -> nn.Module:
     """A spec is built after seeding (initialisation is part of the seeded run); a module is checked."""
-    from attnviz.models.registry import create_model
 
     if isinstance(model, str):
         torch.manual_seed(seed)

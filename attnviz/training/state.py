@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import nn
 
 from attnviz.checkpoints import atomic_write_bytes, read_card, state_dict_for_saving
@@ -63,8 +65,6 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 
 def write_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
-    from safetensors.torch import save
-
     tensors = {f"model/{k}": v for k, v in state_dict_for_saving(net).items()}
     tensors.update(_optimizer_tensors(optimizer))
     payload = save(tensors, metadata={"attnviz_state": json.dumps({"format": STATE_FORMAT} | meta, allow_nan=True)})
@@ -72,8 +72,6 @@ def write_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, me
 
 
 def read_state(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             meta = json.loads((handle.metadata() or {}).get("attnviz_state", "null"))
