@@ -426,3 +426,30 @@ def test_zoo_hands_an_interrupted_entry_to_the_next_session_through_a_folder(tin
     assert any("resuming from the handed-off state" in line for line in lines)
     assert any("resumed at [0, 1]" in line for line in lines)  # it went on from where it stopped
     assert not (handoff / "resnet20.trainstate").exists()  # finished: nothing left to hand off
+
+
+def test_resume_state_names_the_dataset_without_this_machines_path(tiny, tmp_path):
+    # a handed-off state is committed (checkpoints/training-state/): it must not carry a local path
+    import dataclasses
+
+    from attnviz.training.state import read_state
+
+    local = dataclasses.replace(tiny, name=f"imagefolder:{tmp_path}/data/cifar10-jpeg.tar.gz")
+    cancel = threading.Event()
+    with pytest.raises(TrainingCancelled):
+        train("resnet20", local, Recipe(**TINY), tmp_path / "out", cancel_event=cancel, device="cpu",
+              callback=lambda event: cancel.set() if event["event"] == "step" else None)
+    meta, _ = read_state(tmp_path / "out" / "resnet20.trainstate")
+    assert meta["dataset"] == "imagefolder:cifar10-jpeg.tar.gz"
+    assert str(tmp_path) not in json.dumps(meta)
+
+
+def test_committed_checkpoint_files_hold_no_absolute_path_of_the_machine_that_made_them():
+    from attnviz.paths import REPO_ROOT, SHIPPED_DIR
+
+    machine_paths = [str(REPO_ROOT.parent).encode(), str(Path.home()).encode() + b"/"]
+    for path in SHIPPED_DIR.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".trainstate", ".md"):
+            data = path.read_bytes()
+            head = data if path.suffix != ".trainstate" else data[: 8 + int.from_bytes(data[:8], "little")]
+            assert not any(p in head for p in machine_paths), path.name

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from attnviz.checkpoints import read_card, save_checkpoint, state_dict_for_saving
-from attnviz.data import ImageDataset, preprocess
+from attnviz.data import ImageDataset, portable_dataset_name, preprocess
 from attnviz.device import describe_device, pick_device
 from attnviz.errors import AttnvizError, CheckpointError, TrainingCancelled, TrainingDiverged, TrainingError
 from attnviz.models.registry import create_model
@@ -433,7 +433,7 @@ class _Run:
             card_path = save_checkpoint(self.net, self.out_dir, self.name, self._card(status, metrics, epochs_done))
             if position is not None:
                 write_state(self.state_path, self.net, self.optimizer, {
-                    "name": self.name, "spec": self.spec, "dataset": self.data.name,
+                    "name": self.name, "spec": self.spec, "dataset": portable_dataset_name(self.data.name),
                     "recipe": self.recipe.to_dict() | {"lr": self.recipe.lr}, "epoch": position[0],
                     "step": position[1], "world_size": self.ranks.world, "history": self.history,
                     "train_time_s": self.train_time, "mean": list(self.mean), "std": list(self.std),
