@@ -49,8 +49,6 @@ class Picture:
     display: Image.Image | None = None
     thumbnail: Image.Image | None = None
     notes: list[str] = field(default_factory=list)
-    size: tuple[int, int] | None = None
-    format: str = ""
 
 
 def read_picture(name: str, data: bytes) -> Picture:
@@ -69,7 +67,7 @@ def read_picture(name: str, data: bytes) -> Picture:
     resample = Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS
     display = source.resize(display_size, resample)
     return Picture(name, digest, source=source, display=display, thumbnail=letterbox(display, DISPLAY_SIDE),
-                   notes=list(loaded.notes), size=image.size, format=loaded.format)
+                   notes=list(loaded.notes))
 
 
 @dataclass

@@ -187,16 +187,14 @@ class _Run:
             self.start_epoch, self.start_step = self.recipe.epochs, 0
 
         self.flops: int | None = None  # counted once, at the first card
-        self.checkpoint_path: Path | None = None
         self.pending_loss: torch.Tensor | None = None  # CUDA: the previous step's loss, checked one step late
         self.steps_done_here = 0
-        self.run_started = clock()
-        self.time_at_start = self.train_time
+        self.run_started = clock()  # this process's share of train_time is measured from here
+        self.time_at_start = self.train_time  # what earlier processes of a resumed run spent
 
     # ---------------------------------------------------------------------------------- the loop
     def execute(self) -> TrainResult:
         self.emit(self._start_event())
-        self.run_started, self.time_at_start = clock(), self.train_time
         shuffle = torch.Generator(device=self.device)
         augment = torch.Generator(device=self.device)
         try:
@@ -205,14 +203,14 @@ class _Run:
                 first_step = self.start_step if epoch == self.start_epoch else 0
                 tally = self._train_epoch(epoch, first_step, shuffle, augment)
                 train_seconds = clock() - epoch_started
-                self.train_time = self.time_at_start + (clock() - self.run_started)
+                self.train_time = self._elapsed()
                 self._end_epoch(epoch, tally, train_seconds)
                 if epoch + 1 < self.recipe.epochs and self._cancel_requested():
                     raise _Stop("cancel", "cancelled by request", epoch, self.steps_per_epoch - 1)
         except _Stop as stop:
-            self.train_time = self.time_at_start + (clock() - self.run_started)
+            self.train_time = self._elapsed()
             return self._stopped(stop)
-        self.train_time = self.time_at_start + (clock() - self.run_started)
+        self.train_time = self._elapsed()
         return self._finish()
 
     def _train_epoch(self, epoch: int, first_step: int, shuffle: torch.Generator, augment: torch.Generator) -> _Tally:
@@ -245,6 +243,10 @@ class _Run:
                 raise _Stop("cancel", "cancelled by request", epoch, step)
         self._check_pending(epoch, self.steps_per_epoch - 1)
         return tally
+
+    def _elapsed(self) -> float:
+        """Training time of the whole run so far: earlier processes' plus this one's (suspensions left out)."""
+        return self.time_at_start + (clock() - self.run_started)
 
     # ------------------------------------------------------------------------------- one step
     def _set_lr(self, global_step: int) -> float:
@@ -440,6 +442,5 @@ class _Run:
                 })
         except CheckpointError as err:
             raise TrainingError(f"{err} Training stopped; the previous checkpoint was kept.") from err
-        self.checkpoint_path = card_path
         self.emit({"event": "checkpoint", "path": str(card_path), "status": status, "epochs_done": epochs_done})
         return card_path
