@@ -106,15 +106,58 @@ METHOD_LABELS = {
 }
 
 
+OWN_PICTURES = "own_pictures"  # session state: {ident: (name, bytes, arrival)}, what the user gave on any page
+OWN_PICTURES_MAX_BYTES = 64 * 1024 * 1024  # per session; past it the oldest are forgotten, and the page says so
+
+
+def own_pictures() -> list[tuple[str, bytes]]:
+    """Every picture the user gave in this session, on any page (uploads and camera shots), newest first."""
+    store = st.session_state.get(OWN_PICTURES, {})
+    order = sorted(store, key=lambda ident: -store[ident][2])  # stable: files that came together keep their order
+    return [(store[ident][0], store[ident][1]) for ident in order]
+
+
+def _remember(items: list[tuple[str, object]]) -> list[str]:
+    """Add this page's uploads and camera shot to the session's pictures; returns the names forgotten to
+    stay under ``OWN_PICTURES_MAX_BYTES`` (the oldest first)."""
+    import hashlib
+
+    store = st.session_state.setdefault(OWN_PICTURES, {})
+    arrival = max((entry[2] for entry in store.values()), default=-1) + 1
+    for offset, (name, item) in enumerate(items):
+        data = item.getvalue()
+        # by name and content: the same file uploaded again (or kept while another is added) is not new
+        ident = f"{name}:{hashlib.sha256(data).hexdigest()}"
+        if ident not in store:
+            store[ident] = (name, data, arrival - offset / (len(items) + 1))
+    forgotten = []
+    while sum(len(entry[1]) for entry in store.values()) > OWN_PICTURES_MAX_BYTES and len(store) > 1:
+        oldest = min(store, key=lambda ident: store[ident][2])
+        forgotten.append(store.pop(oldest)[0])
+    return forgotten
+
+
+def forget_own_pictures() -> None:
+    """Empty the session's pictures and the uploaders that hold them (a new uploader key empties one)."""
+    st.session_state[OWN_PICTURES] = {}
+    st.session_state["own_generation"] = st.session_state.get("own_generation", 0) + 1
+
+
+def _uploader_key(key: str) -> str:
+    generation = st.session_state.get("own_generation", 0)
+    return f"{key}_upload" if not generation else f"{key}_upload_{generation}"
+
+
 def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: int = 3,
                  max_images: int = 8, multiple: bool = True) -> list[tuple[str, bytes]]:
     """The pictures to analyse as (name, bytes): the user's own first, then gallery picks.
 
-    What the user gave (uploads and camera shots) comes first, the most recent first; the gallery's
-    preselected pictures apply only while nothing of the user's is there (pictures picked in the
-    gallery by hand stay, after the user's). With more pictures than ``max_images`` a picker says so
-    and lets the user choose; nothing is dropped silently. Nothing is decoded here: every byte string
-    goes through `attnviz.inspection.read_picture` in `services.decode`.
+    What the user gave, on this page or any other of the session (uploads and camera shots,
+    :func:`own_pictures`), comes first, the most recent first; the gallery's preselected pictures apply
+    only while nothing of the user's is there (pictures picked in the gallery by hand stay, after the
+    user's). With more pictures than ``max_images`` a picker says so and lets the user choose; nothing
+    is dropped silently. Nothing is decoded here: every byte string goes through
+    `attnviz.inspection.read_picture` in `services.decode`.
     """
     from pathlib import Path
 
@@ -130,15 +173,25 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
         )
     with source_tabs[1]:
         uploads = st.file_uploader(
-            "Your images (JPEG, PNG, WebP, GIF, BMP or TIFF, up to 10 MB each)", accept_multiple_files=multiple,
-            key=f"{key}_upload",
+            "Your images (JPEG, PNG, WebP, GIF, BMP or TIFF, up to 10 MB each); every page of this session "
+            "shows them", accept_multiple_files=multiple, key=_uploader_key(key),
         )
     with source_tabs[2]:
         use_camera = st.toggle("Use the camera", key=f"{key}_camera_on")
         shot = st.camera_input("Take a picture", key=f"{key}_camera") if use_camera else None
     given = [u for u in (uploads if isinstance(uploads, list) else [uploads]) if u is not None]
     given += [shot] if shot is not None else []
-    own = _latest_first(key, [("camera" if item is shot else item.name, item) for item in given])
+    forgotten = _remember([("camera" if item is shot else item.name, item) for item in given])
+    if forgotten:
+        st.info(f"This session keeps up to {OWN_PICTURES_MAX_BYTES // 2**20} MB of your pictures; the oldest were "
+                f"let go: {', '.join(forgotten)}.", icon=":material/photo_library:")
+    own = own_pictures()
+    if own:
+        names, forget = st.columns([5, 1], vertical_alignment="center")
+        names.caption(f":material/photo_library: Your pictures (kept for this session, shown on every page): "
+                      f"{', '.join(name for name, _ in own)}")
+        forget.button("Forget them", key=f"{key}_forget", on_click=forget_own_pictures,
+                      help="Remove your pictures from this session (every page)")
     gallery_part = [] if (own and picked == defaults) else picked
     sources = own + [(label, Path(labels[label]).read_bytes()) for label in gallery_part]
     if len(sources) <= max_images:
@@ -166,22 +219,6 @@ def one_picture(key: str):
         st.info("Pick a picture.")
         st.stop()
     return good[0]
-
-
-def _latest_first(key: str, items: list[tuple[str, object]]) -> list[tuple[str, bytes]]:
-    """Uploaded files and camera shots ordered by the rerun in which they first appeared, newest first
-    (files that arrived together keep their own order)."""
-    import hashlib
-
-    seen = st.session_state.setdefault(f"{key}_arrival", {})
-    batch = max(seen.values(), default=-1) + 1
-    data = [item.getvalue() for _, item in items]
-    # by name and content: the same file uploaded again (or kept while another is added) is not new
-    idents = [f"{name}:{hashlib.sha256(blob).hexdigest()}" for (name, _), blob in zip(items, data, strict=True)]
-    for ident in idents:
-        seen.setdefault(ident, batch)
-    order = sorted(range(len(items)), key=lambda i: (-seen[idents[i]], i))
-    return [(items[i][0], data[i]) for i in order]
 
 
 def _unique_names(names: list[str]) -> list[str]:
@@ -220,6 +257,33 @@ def score_rows(models: list[dict], results: dict, pictures: list, class_names: l
                     row["deletion AUC"] = round(inspection.scores[j].deletion, 4)
                     row["insertion AUC"] = round(inspection.scores[j].insertion, 4)
                 rows.append(row)
+    return rows
+
+
+def thumbnail_uri(picture, side: int = 64) -> str:
+    """A small PNG data URI of a picture's square thumbnail (for an image column of a table)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    picture.thumbnail.resize((side, side)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def prediction_rows(pictures: list, models: list[dict], probs: dict[str, np.ndarray],
+                    class_names: dict[str, list[str]]) -> list[dict]:
+    """One row per picture: its thumbnail, then each model's top class and probability (``probs[id]``: [N, K])."""
+    rows = []
+    for index, picture in enumerate(pictures):
+        row = {"picture": thumbnail_uri(picture), "name": picture.name}
+        for model in models:
+            if model["id"] not in probs:
+                continue
+            p = probs[model["id"]][index]
+            top = int(np.argmax(p))
+            names = class_names.get(model["id"]) or []
+            row[model["name"]] = f"{names[top] if top < len(names) else top} · {p[top]:.0%}"
+        rows.append(row)
     return rows
 
 

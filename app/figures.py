@@ -79,6 +79,22 @@ def activation_figure(
     return _layout(fig)
 
 
+def excitation_inputs_figure(values: np.ndarray, curve: tuple[np.ndarray, np.ndarray], *, label: str,
+                             color: str) -> go.Figure:
+    """The activation ``curve`` (x, f(x)) with one marker per excitation input of one picture, at (x, f(x))."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=curve[0], y=curve[1], mode="lines", name=label, line=dict(color=color, width=2)))
+    fig.add_trace(go.Scatter(x=values, y=np.interp(values, curve[0], curve[1]), mode="markers",
+                             name="this picture's hidden units", marker=dict(color=color, size=9, opacity=0.6,
+                                                                          line=dict(color="#18181b", width=1))))
+    fig.add_vline(x=0, line=dict(color="#a1a1aa", width=1))
+    fig.add_hline(y=0, line=dict(color="#a1a1aa", width=1))
+    fig.update_layout(legend=dict(orientation="h", y=-0.3))
+    fig.update_xaxes(title="x = hidden pre-activation W1·z")
+    fig.update_yaxes(title="f(x)")
+    return _layout(fig, height=320)
+
+
 def bar_figure(labels: Sequence[str], values: Sequence[float], *, colors: Sequence[str] | str | None = None,
                x_title: str = "", y_title: str = "", y_range: tuple[float, float] | None = None,
                height: int = 300, text_format: str = ".2f") -> go.Figure:

@@ -246,7 +246,8 @@ def _np(value):
 @st.cache_data(show_spinner=False, max_entries=512)
 def probe_images(model_id: str, digests: tuple[str, ...], _pictures: list) -> dict:
     """One forward pass with every attention tap recorded (`attnviz.probe`), as numpy:
-    ``{"probs": [N, K], "sites": {site: {"kind", "channel_weights", "hidden", "spatial", ...}}}``."""
+    ``{"probs": [N, K], "sites": {site: {"kind", "channel_weights", "hidden", "spatial", ...}},
+    "excitation_inputs": [N, units]}`` (every SE site's hidden pre-activation, `ProbeResult.excitation_inputs`)."""
     from attnviz.probes import probe
 
     _count("probe")
@@ -256,7 +257,7 @@ def probe_images(model_id: str, digests: tuple[str, ...], _pictures: list) -> di
     for site in result:
         fields = {k: _np(v) for k, v in vars(site).items() if k not in ("taps",)}
         sites[site.site] = fields
-    return {"probs": _np(result.probs), "sites": sites}
+    return {"probs": _np(result.probs), "sites": sites, "excitation_inputs": _np(result.excitation_inputs())}
 
 
 # Inspections are cached per picture (not per set of pictures): adding a picture to a page then computes

@@ -150,6 +150,12 @@ class ProbeResult:
     def summary(self) -> list[dict[str, Any]]:
         return [s.summary() for s in self.sites.values()]
 
+    def excitation_inputs(self) -> torch.Tensor:
+        """[B, units]: every SE site's hidden pre-activation W1 z, side by side: the values the excitation's
+        activation (ReLU, FeLU, ...) receives for each image. Empty ([B, 0]) for a model without one."""
+        hidden = [s.hidden.float().flatten(1) for s in self.sites.values() if s.hidden is not None]
+        return torch.cat(hidden, dim=1) if hidden else torch.zeros(self.logits.shape[0], 0)
+
 
 def attention_sites(model: nn.Module) -> dict[str, AttentionModule]:
     """Qualified name -> attention module, in ``named_modules()`` order."""

@@ -39,6 +39,7 @@ from pathlib import Path
 from attnviz.data import portable_dataset_name
 from attnviz.errors import TrainingCancelled, TrainingError
 from attnviz.training import Recipe, train
+from attnviz.training.state import continue_into_averaging, finished_card, same_schedule
 
 DEFAULT_DATA = "imagefolder:../shared/datasets/cifar10-jpeg.tar.gz"
 
@@ -181,9 +182,18 @@ def train_all(data: str = DEFAULT_DATA, out_dir: str | Path | None = None, only:
 
             handed = Path(handoff) / f"{name}.trainstate" if handoff is not None else None
             staged = out / f"{name}.trainstate"
+            shipped = Path(ship_to) / f"{name}.json" if ship_to is not None else None
             if handed is not None and handed.exists() and not staged.exists():
                 shutil.copyfile(handed, staged)
                 log(f"{name}: resuming from the handed-off state {handed}")
+            elif not staged.exists() and shipped is not None and shipped.exists():
+                if finished_card(shipped.parent, name, spec, dataset.name, recipe) is not None:
+                    outcomes[name] = "complete: already shipped"
+                    if claim_path is not None:
+                        claim_path.unlink(missing_ok=True)
+                    continue
+                if continue_into_averaging(shipped, staged, recipe):
+                    log(f"{name}: continuing the shipped {recipe.epochs}-epoch checkpoint into weight averaging")
             try:
                 result = train(spec, dataset, recipe, out, name, callback=report, device=device, resume=True,
                                cancel_event=cancel_event)
@@ -212,6 +222,13 @@ def train_all(data: str = DEFAULT_DATA, out_dir: str | Path | None = None, only:
     finally:
         write_readme(ship_to if ship_to is not None else out, data=data if isinstance(data, str) else dataset.name)
     return outcomes
+
+
+def _schedule_text(recipe: Recipe) -> str:
+    text = f"{recipe.epochs} epochs"
+    if recipe.average_epochs:
+        text += f" + {recipe.average_epochs} weight-averaging epochs at lr {recipe.resolved_average_lr:g}"
+    return text
 
 
 def _fmt_int(value) -> str:
@@ -248,9 +265,14 @@ def write_readme(out_dir: str | Path, data: str = DEFAULT_DATA) -> Path:
         bar = accuracy_bar(str(card.get("spec", "")))
         flag = "" if acc is None or acc >= bar else " (below bar)"
         flops = card.get("flops")
-        epochs = (card.get("recipe") or {}).get("epochs")
+        card_recipe = card.get("recipe") or {}
+        epochs = card_recipe.get("epochs")
+        averaged = int(card_recipe.get("average_epochs") or 0)
+        total = epochs + averaged if isinstance(epochs, int) else epochs
         done = card.get("epochs_done")
-        epochs_text = f"{epochs}" if done in (None, epochs) else f"{done}/{epochs}"
+        epochs_text = f"{epochs}" + (f" + {averaged} averaged" if averaged else "")
+        if done not in (None, total):
+            epochs_text = f"{done:g} of {epochs_text}"
         seconds = card.get("train_time_s")
         time_text = f"{seconds / 60:.1f} min ({card.get('device', '?')})" if isinstance(seconds, (int, float)) else "?"
         flops_text = f"{flops / 1e6:.1f}" if isinstance(flops, (int, float)) else "?"
@@ -282,11 +304,11 @@ def write_readme(out_dir: str | Path, data: str = DEFAULT_DATA) -> Path:
     if differences:
         lines += ["Where a card's recipe differs from that: " + "; ".join(differences) + ".", ""]
     missing = [name for name, _ in ZOO if name not in {c.get("name") for c in cards}]
-    earlier = [str(c.get("name")) for c in cards if (c.get("recipe") or {}).get("epochs") != ZOO_RECIPE.epochs]
+    earlier = [str(c.get("name")) for c in cards if not same_schedule(c.get("recipe"), ZOO_RECIPE)]
     if earlier:
         lines += [
             f"**Not yet on the zoo recipe.** {', '.join(earlier)} still ship an earlier, shorter recipe's "
-            f"checkpoint (see its epochs above), below the bars; the zoo recipe ({ZOO_RECIPE.epochs} epochs) replaces "
+            f"checkpoint (see its epochs above); the zoo recipe ({_schedule_text(ZOO_RECIPE)}) replaces "
             "each one as it finishes (its card records the training time and device).",
             "",
         ]

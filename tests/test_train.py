@@ -453,3 +453,83 @@ def test_committed_checkpoint_files_hold_no_absolute_path_of_the_machine_that_ma
             data = path.read_bytes()
             head = data if path.suffix != ".trainstate" else data[: 8 + int.from_bytes(data[:8], "little")]
             assert not any(p in head for p in machine_paths), path.name
+
+
+# ------------------------------------------------------------------ weight averaging (SWA phase)
+def test_weight_average_is_the_mean_of_the_snapshots_and_batchnorm_is_recomputed(tiny):
+    from attnviz.training.averaging import WeightAverage, recompute_batchnorm
+
+    torch.manual_seed(0)
+    snapshots = [create_model("resnet20", num_classes=10) for _ in range(3)]
+    average = WeightAverage()
+    for model in snapshots:
+        average.add(model)
+    key = "conv1.weight" if "conv1.weight" in snapshots[0].state_dict() else next(iter(snapshots[0].state_dict()))
+    expected = torch.stack([m.state_dict()[key] for m in snapshots]).mean(0)
+    assert torch.allclose(average.tensors[key], expected, atol=1e-6)
+    restored = WeightAverage.from_tensors(average.to_tensors(), average.count)
+    assert restored.count == 3 and torch.equal(restored.tensors[key], average.tensors[key])
+
+    model = snapshots[0]
+    average.apply_to(model)
+    assert torch.allclose(model.state_dict()[key], expected, atol=1e-6)
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.running_mean.fill_(123.0)
+    model.eval()
+    assert recompute_batchnorm(model, tiny.train_images[:50], tiny.mean, tiny.std, batch_size=20) > 0
+    assert not model.training and norm.momentum == 0.1  # mode and momentum restored
+    assert float(norm.running_mean.abs().max()) < 50  # the planted value is gone
+    one_batch = torch.clone(norm.running_var)
+    recompute_batchnorm(model, tiny.train_images[:50], tiny.mean, tiny.std, batch_size=50)
+    # a cumulative average: batches of 20, 20, 10 weigh alike, so they differ slightly from one batch of 50
+    assert torch.allclose(one_batch, norm.running_var, rtol=0.2) and not torch.equal(one_batch, norm.running_var)
+
+
+def test_averaging_phase_extends_the_schedule_and_the_card_holds_the_averaged_weights(tiny, tmp_path):
+    recipe = Recipe(**TINY, average_epochs=2, average_lr=0.01)
+    assert lr_at(recipe, 5, 6) < lr_at(recipe, 1, 6)  # still the one-cycle inside the main schedule
+    assert lr_at(recipe, 6, 6) == lr_at(recipe, 11, 6) == 0.01
+    events = []
+    result = train("resnet20-se", tiny, recipe, tmp_path, callback=events.append, device="cpu")
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and all(e["epochs"] == 4 for e in epochs)
+    assert [("average_test_acc" in e) for e in epochs] == [False, False, True, True]
+    assert [h["lr"] for h in result.history[2:]] == [0.01, 0.01]
+    card = result.card
+    assert card["epochs_done"] == 4 and card["recipe"]["average_epochs"] == 2 and card["recipe"]["average_lr"] == 0.01
+    # what ships is the averaged model with its BN statistics recomputed, measured like attnviz eval
+    model, _ = load_checkpoint(result.checkpoint)
+    fresh = evaluate(model, tiny.test_images, tiny.test_labels, card["mean"], card["std"], device="cpu")
+    assert fresh["test_acc"] == card["metrics"]["test_acc"]
+
+
+@pytest.mark.slow
+def test_averaging_phase_resumes_exactly_and_continues_a_finished_main_schedule(tiny, tmp_path):
+    from attnviz.training.state import continue_into_averaging
+
+    main = Recipe(**TINY, seed=2)
+    averaged = Recipe(**TINY, seed=2, average_epochs=2, average_lr=0.02)
+    straight = train("resnet20", tiny, averaged, tmp_path / "straight", device="cpu")
+
+    # cancelled inside the averaging phase, then resumed: the same weights
+    cancel = threading.Event()
+    out = tmp_path / "interrupted"
+    with pytest.raises(TrainingCancelled):
+        train("resnet20", tiny, averaged, out, cancel_event=cancel, device="cpu",
+              callback=lambda e: cancel.set() if e["event"] == "step" and (e["epoch"], e["step"]) == (4, 1) else None)
+    resumed = train("resnet20", tiny, averaged, out, device="cpu", resume=True)
+    a, b = _weights(straight.checkpoint), _weights(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # a checkpoint finished on the main schedule alone, continued into the phase: the same run again
+    first = train("resnet20", tiny, main, tmp_path / "old", device="cpu")
+    later = tmp_path / "later"
+    later.mkdir()
+    assert not continue_into_averaging(first.checkpoint, later / "resnet20.trainstate", main)  # nothing to add
+    assert not continue_into_averaging(first.checkpoint, later / "x.trainstate",
+                                       Recipe(**{**TINY, "epochs": 3}, seed=2, average_epochs=2))  # other schedule
+    assert continue_into_averaging(first.checkpoint, later / "resnet20.trainstate", averaged)
+    continued = train("resnet20", tiny, averaged, later, device="cpu", resume=True)
+    c = _weights(continued.checkpoint)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert [h["epoch"] for h in continued.history] == [1, 2, 3, 4]

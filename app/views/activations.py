@@ -3,6 +3,7 @@
 import numpy as np
 import streamlit as st
 
+import components as ui
 import figures
 import services
 
@@ -79,3 +80,33 @@ st.subheader("Formulas")
 for name in chosen:
     st.markdown(f"**{labels[name]}**" + ("" if registry[name]["in_felu_paper"] else " (not in the paper)"))
     st.latex(r"f(x) = " + registry[name]["latex"])
+
+st.subheader("Your picture through the excitation")
+st.markdown("Which part of the curve does a real picture use? The SE models' excitation MLP computes "
+            "W1·z for every hidden unit of every block; its activation then decides what passes on. Inputs "
+            "left of zero are where ReLU outputs 0 and passes no gradient, and where FeLU still does.")
+se_models = [r for r in services.zoo_rows() if r["attention"] == "se" and r["trained"]]
+if not se_models:
+    st.info("No trained SE model is in the zoo, so there is no excitation to look into.")
+    st.stop()
+item = ui.one_picture("act")
+digests = (item.digest,)
+columns = st.columns(len(se_models[:3]))
+for column, model in zip(columns, se_models[:3], strict=False):
+    activation = model["activation"] if model["activation"] in registry else "relu"
+    try:
+        values = services.probe_images(model["id"], digests, [item])["excitation_inputs"][0]
+    except services.user_errors() as err:
+        column.error(f"{model['name']}: {err}")
+        continue
+    x, y, _ = services.activation_curves(activation, float(min(values.min(), -1.0)), float(max(values.max(), 1.0)))
+    with column:
+        st.markdown(f"**{model['name']}** · {registry[activation]['label']}")
+        st.plotly_chart(figures.excitation_inputs_figure(values, (x, y), label=registry[activation]["label"],
+                                                         color=figures.CURVE_COLORS.get(activation, "#1d4ed8")),
+                        key=f"act_inputs_{model['id']}")
+        negative = float(np.mean(values < 0))
+        st.caption(f"{item.name}: the {values.size} hidden units of all SE blocks, each at its input x; "
+                   f"{negative:.0%} are below 0, "
+                   + ("where ReLU gives 0 and no gradient." if activation == "relu"
+                      else f"where {registry[activation]['label']} still gives a small value and a gradient."))

@@ -50,6 +50,25 @@ st.caption("Test accuracy is what the trainer measured on the dataset's test spl
            "on this machine before any page ran (the sidebar's ResNet-20 figure is the same measurement). "
            "Look at what each module costs (params, FLOPs, ms) against what it buys (accuracy).")
 
+st.subheader("Your pictures through the zoo")
+st.caption("What every trained model of the zoo says about your pictures (upload them here or on any page; "
+           "the gallery's CIFAR-10 test pictures stand in until you do).")
+pictures = services.usable_pictures(ui.image_inputs(services.gallery(), key="zoo", max_images=6), limit=6)
+if pictures:
+    digests = tuple(p.digest for p in pictures)
+    probs, class_names = {}, {}
+    for r in trained:
+        try:
+            probs[r["id"]] = services.probe_images(r["id"], digests, pictures)["probs"]
+            class_names[r["id"]] = services.load_model(r["id"])[1].get("class_names") or []
+        except services.user_errors() as err:
+            st.warning(f"{r['name']}: {err}")
+    st.dataframe(ui.prediction_rows(pictures, trained, probs, class_names), hide_index=True,
+                 column_config={"picture": st.column_config.ImageColumn("picture", width="small")},
+                 key="zoo_predictions")
+    st.caption("Top class and its probability per model. The models learned CIFAR-10's ten classes on 32×32 "
+               "pictures: anything else (a face, a cup) still gets one of those ten names.")
+
 if not chosen:
     st.info("Tick one or more rows to compare them here and on the other pages.")
     st.stop()

@@ -28,6 +28,7 @@ from attnviz.models.registry import create_model
 from attnviz.paths import runs_dir
 from attnviz.stats import count_flops, count_params
 from attnviz.training import setup
+from attnviz.training.averaging import WeightAverage, recompute_batchnorm
 from attnviz.training.batches import augment_batch, criterion, epoch_shard, mixed_seed
 from attnviz.training.clock import clock, install_suspend_clock
 from attnviz.training.distributed import Ranks, process_group
@@ -94,7 +95,7 @@ def train(
         name = setup.checked_name(name, str(net.spec))
         out = Path(out_dir or runs_dir())
         if resume and not state_path(out, name).exists():
-            finished = finished_card(out, name, str(net.spec), data.name, recipe.epochs)
+            finished = finished_card(out, name, str(net.spec), data.name, recipe)
             if finished is not None:  # already trained exactly this: nothing to do
                 card_path, card = finished
                 emit({"event": "end", "status": "complete", "checkpoint": str(card_path),
@@ -170,6 +171,8 @@ class _Run:
         self.optimizer = setup.optimizer(net, self.recipe)
         if point:
             load_optimizer(self.optimizer, point.tensors)
+        # the weight-averaging phase's running mean (attnviz.training.averaging); empty before it
+        self.average = WeightAverage.from_tensors(point.tensors, point.averaged) if point else WeightAverage()
         self.head, self.use_branches, self.forward_module = setup.forward_module(net, self.recipe, ranks)
         self.criterion = criterion(self.recipe.label_smoothing)
 
@@ -181,10 +184,12 @@ class _Run:
             raise AttnvizError("The training split is smaller than the number of processes.")
         self.local_batch = min(self.recipe.batch_size // ranks.world, per_rank_total)
         self.steps_per_epoch = max(1, per_rank_total // self.local_batch)  # the last partial batch is dropped
-        self.total_steps = self.recipe.epochs * self.steps_per_epoch
+        self.main_steps = self.recipe.epochs * self.steps_per_epoch  # the lr schedule's length
+        self.total_epochs = self.recipe.total_epochs
+        self.total_steps = self.total_epochs * self.steps_per_epoch
         self.start_epoch, self.start_step = (point.epoch, point.step) if point else (0, 0)
-        if self.start_epoch >= self.recipe.epochs:
-            self.start_epoch, self.start_step = self.recipe.epochs, 0
+        if self.start_epoch >= self.total_epochs:
+            self.start_epoch, self.start_step = self.total_epochs, 0
 
         self.flops: int | None = None  # counted once, at the first card
         self.pending_loss: torch.Tensor | None = None  # CUDA: the previous step's loss, checked one step late
@@ -198,14 +203,18 @@ class _Run:
         shuffle = torch.Generator(device=self.device)
         augment = torch.Generator(device=self.device)
         try:
-            for epoch in range(self.start_epoch, self.recipe.epochs):
+            for epoch in range(self.start_epoch, self.total_epochs):
                 epoch_started = clock()
                 first_step = self.start_step if epoch == self.start_epoch else 0
+                if epoch == self.recipe.epochs and first_step == 0:
+                    self.optimizer.state.clear()  # the averaging phase starts with fresh momentum
                 tally = self._train_epoch(epoch, first_step, shuffle, augment)
+                if epoch >= self.recipe.epochs:
+                    self.average.add(self.net)
                 train_seconds = clock() - epoch_started
                 self.train_time = self._elapsed()
                 self._end_epoch(epoch, tally, train_seconds)
-                if epoch + 1 < self.recipe.epochs and self._cancel_requested():
+                if epoch + 1 < self.total_epochs and self._cancel_requested():
                     raise _Stop("cancel", "cancelled by request", epoch, self.steps_per_epoch - 1)
         except _Stop as stop:
             self.train_time = self._elapsed()
@@ -250,7 +259,7 @@ class _Run:
 
     # ------------------------------------------------------------------------------- one step
     def _set_lr(self, global_step: int) -> float:
-        lr = lr_at(self.recipe, global_step, self.total_steps)
+        lr = lr_at(self.recipe, global_step, self.main_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
@@ -301,7 +310,7 @@ class _Run:
         return {
             "event": "start", "name": self.name, "spec": self.spec, "dataset": self.data.name,
             "n_train": self.n_train, "n_test": int(self.test_y.shape[0]), "num_classes": self.data.num_classes,
-            "epochs": self.recipe.epochs, "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.total_epochs, "steps_per_epoch": self.steps_per_epoch,
             "batch_size": self.local_batch * self.ranks.world, "device": self.device_label,
             "world_size": self.ranks.world, "params": count_params(self.net), "recipe": self.recipe.to_dict(),
             "resumed_at": [self.start_epoch, self.start_step] if self.resume else None,
@@ -344,26 +353,32 @@ class _Run:
                 "images_per_s": round(tally.seen * self.ranks.world / max(train_seconds, 1e-9), 1),
                 "attention": attention,
             }
+            if self.average.count:
+                entry["average_test_acc"] = self._average_monitor()
             self.history.append(entry)
-            if epoch + 1 < self.recipe.epochs:  # the last epoch's checkpoint follows the exact final evaluation
+            if epoch + 1 < self.total_epochs:  # the last epoch's checkpoint follows the exact final evaluation
                 self._save("running", metrics, float(epoch + 1), position=(epoch + 1, 0))
             elapsed = clock() - self.run_started
             remaining = self.total_steps - (epoch + 1) * self.steps_per_epoch
             self.emit({
-                "event": "epoch", "epoch": epoch + 1, "epochs": self.recipe.epochs, "loss": tally.loss,
+                "event": "epoch", "epoch": epoch + 1, "epochs": self.total_epochs, "loss": tally.loss,
                 "train_acc": tally.accuracy, "test_acc": metrics["test_acc"], "test_loss": metrics["test_loss"],
                 "lr": tally.lr, "images_per_s": entry["images_per_s"], "time_s": entry["time_s"],
                 "eval_time_s": entry["eval_time_s"], "stats_time_s": entry["stats_time_s"],
                 "eta_s": remaining * elapsed / max(self.steps_done_here, 1), "attention": attention,
-            })
+            } | ({"average_test_acc": entry["average_test_acc"]} if "average_test_acc" in entry else {}))
         self.ranks.barrier()
 
     # ------------------------------------------------------------------------------ endings
     def _finish(self) -> TrainResult:
         card_path, card = self.out_dir / f"{self.name}.json", {}
+        if self.average.count:  # every rank: the same mean and the same pass, so the weights stay equal
+            self.average.apply_to(self.net)
+            recompute_batchnorm(self.net, self.train_x, self.mean, self.std, device=self.device,
+                                channels_last=self.channels_last)
         if self.ranks.rank == 0:
             metrics = self._final_metrics()
-            card_path = self._save("complete", metrics, float(self.recipe.epochs), position=None)
+            card_path = self._save("complete", metrics, float(self.total_epochs), position=None)
             self.state_path.unlink(missing_ok=True)
             card = read_card(card_path)
             self.emit({"event": "end", "status": "complete", "checkpoint": str(card_path),
@@ -419,6 +434,16 @@ class _Run:
             "n_train": self.data.n_train, "history": self.history,
         }
 
+    def _average_monitor(self) -> float:
+        """Test accuracy of the weights averaged so far (BN recomputed on every 5th training image; a monitor)."""
+        averaged = copy.deepcopy(self.net)
+        self.average.apply_to(averaged)
+        recompute_batchnorm(averaged, self.train_x[::5], self.mean, self.std, device=self.device,
+                            autocast_dtype=self.autocast_dtype, channels_last=self.channels_last)
+        return evaluate(averaged, self.test_x, self.test_y, self.mean, self.std, num_classes=self.data.num_classes,
+                        device=self.device, autocast_dtype=self.autocast_dtype,
+                        channels_last=self.channels_last)["test_acc"]
+
     def _final_metrics(self) -> dict:
         """Measure like ``attnviz eval``: CPU, float32, contiguous copy of the weights."""
 
@@ -436,10 +461,11 @@ class _Run:
             if position is not None:
                 write_state(self.state_path, self.net, self.optimizer, {
                     "name": self.name, "spec": self.spec, "dataset": portable_dataset_name(self.data.name),
-                    "recipe": self.recipe.to_dict() | {"lr": self.recipe.lr}, "epoch": position[0],
+                    "recipe": self.recipe.to_dict() | {"lr": self.recipe.lr, "average_lr": self.recipe.average_lr},
+                    "epoch": position[0], "averaged": self.average.count,
                     "step": position[1], "world_size": self.ranks.world, "history": self.history,
                     "train_time_s": self.train_time, "mean": list(self.mean), "std": list(self.std),
-                })
+                }, extra=self.average.to_tensors())
         except CheckpointError as err:
             raise TrainingError(f"{err} Training stopped; the previous checkpoint was kept.") from err
         self.emit({"event": "checkpoint", "path": str(card_path), "status": status, "epochs_done": epochs_done})

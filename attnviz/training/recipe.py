@@ -3,7 +3,9 @@
 Schedules (the learning rate is a pure function of the global step, nothing to save):
 ``onecycle`` (Smith & Topin 2018, the linear variant): lr rises linearly from lr/25 to lr over the first
 ``warmup_fraction`` of the steps, then falls linearly to 0; momentum is not cycled (kept at
-``momentum``). ``cosine`` (Loshchilov & Hutter 2017, no restarts): lr * (1 + cos(pi t / T)) / 2.
+``momentum``). ``cosine`` (Loshchilov & Hutter 2017, no restarts): lr * (1 + cos(pi t / T)) / 2. ``T`` is the main
+schedule's steps (``epochs``); the optional weight-averaging phase after it (``average_epochs`` at the
+constant ``average_lr``, :mod:`attnviz.training.averaging`) is not part of ``T``.
 
 Precision (``Recipe.precision``/``memory_format``, resolved by :func:`resolve_precision`): ``auto`` =
 bf16 autocast on CUDA and on a CPU with native bf16 kernels (AVX512-BF16/AMX), else float32;
@@ -56,6 +58,10 @@ class Recipe:
     interflow_weight_lr_scale: float = 0.1
     # auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), float32 otherwise.
     # BatchNorm, the loss and the optimizer stay float32 (autocast's own op lists decide per op).
+    # Stochastic weight averaging after the main schedule (attnviz.training.averaging): this many more
+    # epochs at the constant average_lr (None: a quarter of the peak lr), one snapshot per epoch.
+    average_epochs: int = 0
+    average_lr: float | None = None
     precision: str = "auto"  # auto | fp32 | bf16
     memory_format: str = "auto"  # auto | contiguous | channels_last (auto: see resolve_precision)
     compile: bool = False
@@ -67,10 +73,23 @@ class Recipe:
     def resolved_lr(self) -> float:
         return float(self.lr) if self.lr is not None else 0.2 * self.batch_size / 256
 
+    @property
+    def resolved_average_lr(self) -> float:
+        return float(self.average_lr) if self.average_lr is not None else 0.25 * self.resolved_lr
+
+    @property
+    def total_epochs(self) -> int:
+        """The main schedule's epochs plus the weight-averaging phase's."""
+        return self.epochs + self.average_epochs
+
     def validate(self) -> None:
         problems = []
         if not (isinstance(self.epochs, int) and 1 <= self.epochs <= 10_000):
             problems.append("epochs must be an integer from 1 to 10000")
+        if not (isinstance(self.average_epochs, int) and 0 <= self.average_epochs <= 10_000):
+            problems.append("average_epochs must be an integer from 0 to 10000")
+        if self.average_lr is not None and not (math.isfinite(self.average_lr) and self.average_lr > 0):
+            problems.append("average_lr must be a positive number")
         if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65_536):
             problems.append("batch_size must be an integer from 1 to 65536")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
@@ -103,6 +122,8 @@ class Recipe:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["lr"] = self.resolved_lr
+        if self.average_epochs:
+            out["average_lr"] = self.resolved_average_lr
         return out
 
     @classmethod
@@ -125,7 +146,12 @@ class TrainResult:
 
 
 def lr_at(recipe: Recipe, step: int, total_steps: int) -> float:
-    """The learning rate of global step ``step`` (0-based) of ``total_steps``."""
+    """The learning rate of global step ``step`` (0-based); ``total_steps`` is the main schedule's length.
+
+    Steps past it belong to the weight-averaging phase and get the constant ``average_lr``.
+    """
+    if step >= total_steps and recipe.average_epochs:
+        return recipe.resolved_average_lr
     peak = recipe.resolved_lr
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
     if recipe.schedule == "cosine":

@@ -1,6 +1,7 @@
 """Where a run stands, on disk: the resume state and the checkpoint's card.
 
-``NAME.trainstate`` is a safetensors file (weights ``model/*``, optimizer buffers ``optim/I/KEY``;
+``NAME.trainstate`` is a safetensors file (weights ``model/*``, optimizer buffers ``optim/I/KEY``, the
+weight-averaging phase's running mean ``average/*``;
 position, recipe, history and time as JSON metadata; never pickle) written after every epoch and on
 cancel while a run is unfinished. :func:`read_resume` turns it back into a :class:`ResumePoint`.
 """
@@ -18,7 +19,7 @@ from torch import nn
 
 from attnviz.checkpoints import atomic_write_bytes, read_card, state_dict_for_saving
 from attnviz.data import portable_dataset_name
-from attnviz.errors import CheckpointError, TrainingError
+from attnviz.errors import AttnvizError, CheckpointError, TrainingError
 
 STATE_FORMAT = 1
 
@@ -37,6 +38,7 @@ class ResumePoint:
     world_size: int
     history: list[dict] = field(default_factory=list)
     train_time_s: float = 0.0
+    averaged: int = 0  # snapshots in the running weight average (attnviz.training.averaging)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def model_state(self) -> dict[str, torch.Tensor]:
@@ -64,9 +66,12 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
     optimizer.load_state_dict(state_dict)
 
 
-def write_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+def write_state(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer | None, meta: dict,
+                extra: dict[str, torch.Tensor] | None = None) -> None:
     tensors = {f"model/{k}": v for k, v in state_dict_for_saving(net).items()}
-    tensors.update(_optimizer_tensors(optimizer))
+    if optimizer is not None:
+        tensors.update(_optimizer_tensors(optimizer))
+    tensors.update(extra or {})
     payload = save(tensors, metadata={"attnviz_state": json.dumps({"format": STATE_FORMAT} | meta, allow_nan=True)})
     atomic_write_bytes(path, payload)
 
@@ -91,15 +96,24 @@ def read_resume(path: Path, spec: str, world: int) -> ResumePoint:
         raise TrainingError(f"{path.name} belongs to '{meta['spec']}', not '{spec}'.")
     point = ResumePoint(recipe=dict(meta["recipe"]), epoch=int(meta["epoch"]), step=int(meta["step"]),
                         world_size=int(meta.get("world_size", 1)), history=list(meta.get("history") or []),
-                        train_time_s=float(meta.get("train_time_s", 0.0)), tensors=tensors)
+                        train_time_s=float(meta.get("train_time_s", 0.0)), averaged=int(meta.get("averaged", 0)),
+                        tensors=tensors)
     if point.step and point.world_size != world:
         raise TrainingError("This run stopped mid-epoch with a different number of processes; "
                             "resume it with the same number.")
     return point
 
 
-def finished_card(out_dir: Path, name: str, spec: str, dataset: str, epochs: int) -> tuple[Path, dict] | None:
-    """``(card path, card)`` when ``out_dir/name`` already holds this exact run, complete; else None."""
+def same_schedule(card_recipe: dict | None, recipe) -> bool:
+    """Whether a card's recipe has ``recipe``'s main epochs and weight-averaging phase (old cards: none)."""
+    card_recipe = card_recipe or {}
+    return (card_recipe.get("epochs") == recipe.epochs
+            and int(card_recipe.get("average_epochs") or 0) == recipe.average_epochs
+            and (not recipe.average_epochs or card_recipe.get("average_lr") == recipe.resolved_average_lr))
+
+
+def finished_card(out_dir: Path, name: str, spec: str, dataset: str, recipe) -> tuple[Path, dict] | None:
+    """``(card path, card)`` when ``out_dir/name`` already holds this exact run (``recipe``'s schedule), complete."""
     card_path = out_dir / f"{name}.json"
     if not card_path.exists():
         return None
@@ -109,7 +123,7 @@ def finished_card(out_dir: Path, name: str, spec: str, dataset: str, epochs: int
         return None
     if (card.get("status") == "complete" and card.get("spec") == spec
             and portable_dataset_name(str(card.get("dataset"))) == portable_dataset_name(dataset)
-            and (card.get("recipe") or {}).get("epochs") == epochs):
+            and same_schedule(card.get("recipe"), recipe)):
         card["path"] = str(card_path)
         return card_path, card
     return None
@@ -126,3 +140,37 @@ def mark_diverged(card_path: Path, reason: str) -> None:
         atomic_write_bytes(card_path, (json.dumps(card, indent=2) + "\n").encode())
     except (CheckpointError, OSError, ValueError):
         pass  # the weights and their card stay as they were
+
+
+def continue_into_averaging(card_path: Path, target: Path, recipe) -> bool:
+    """Write ``target`` (a resume state) that starts ``recipe``'s weight-averaging phase from a finished card.
+
+    For a checkpoint trained to the end of the same main schedule before that phase existed: the phase
+    starts with fresh momentum (:mod:`attnviz.training.averaging`), so resuming from the card's weights
+    is exactly the run an uninterrupted training would have made. Returns False (and writes nothing)
+    when the card is not such a checkpoint: unfinished, another main recipe, or already averaged.
+    """
+    from attnviz.checkpoints import load_checkpoint
+    from attnviz.training.recipe import Recipe
+
+    if not recipe.average_epochs:
+        return False
+    try:
+        card = read_card(card_path)
+        card_recipe = Recipe.from_dict(dict(card.get("recipe") or {}))
+    except (AttnvizError, TypeError, ValueError):  # unreadable, or a recipe field this version lacks
+        return False
+    main = {k: v for k, v in recipe.to_dict().items() if not k.startswith("average_")}
+    if (card.get("status") != "complete" or card_recipe.average_epochs
+            or {k: v for k, v in card_recipe.to_dict().items() if not k.startswith("average_")} != main):
+        return False
+    model, card = load_checkpoint(card_path)
+    meta = {
+        "name": card["name"], "spec": card["spec"], "dataset": portable_dataset_name(str(card.get("dataset", ""))),
+        "recipe": recipe.to_dict() | {"lr": recipe.lr, "average_lr": recipe.average_lr},
+        "epoch": recipe.epochs, "step": 0, "averaged": 0, "world_size": 1,
+        "history": list(card.get("history") or []), "train_time_s": float(card.get("train_time_s") or 0.0),
+        "mean": list(card.get("mean") or []), "std": list(card.get("std") or []),
+    }
+    write_state(target, model, None, meta)
+    return True
