@@ -197,6 +197,10 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
     if len(sources) <= max_images:
         return sources
     names = _unique_names([name for name, _ in sources])
+    by_name = dict(zip(names, (data for _, data in sources), strict=True))
+    if max_images == 1:  # a one-picture page: choose which, the newest of the user's preselected
+        one = st.selectbox("Picture to analyse (your own first, the latest first)", names, key=f"{key}_analyse_one")
+        return [(one, by_name[one])]
     chosen = st.multiselect(
         f"Pictures to analyse (at most {max_images} at a time; your own first, the latest first)", names,
         default=names[:max_images], max_selections=max_images, key=f"{key}_analyse",
@@ -204,7 +208,6 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
     left_out = [name for name in names if name not in chosen]
     st.info(f"{len(sources)} pictures are given and {max_images} can be analysed at once; not analysed now: "
             f"{', '.join(left_out)}. Pick others above.", icon=":material/filter_list:")
-    by_name = dict(zip(names, (data for _, data in sources), strict=True))
     return [(name, by_name[name]) for name in chosen]
 
 

@@ -84,7 +84,7 @@ def excitation_inputs_figure(values: np.ndarray, curve: tuple[np.ndarray, np.nda
     """The activation ``curve`` (x, f(x)) with one marker per excitation input of one picture, at (x, f(x))."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=curve[0], y=curve[1], mode="lines", name=label, line=dict(color=color, width=2)))
-    fig.add_trace(go.Scatter(x=values, y=np.interp(values, curve[0], curve[1]), mode="markers",
+    fig.add_trace(go.Scatter(x=values.tolist(), y=np.interp(values, curve[0], curve[1]).tolist(), mode="markers",
                              name="this picture's hidden units", marker=dict(color=color, size=9, opacity=0.6,
                                                                           line=dict(color="#18181b", width=1))))
     fig.add_vline(x=0, line=dict(color="#a1a1aa", width=1))

@@ -117,3 +117,49 @@ def test_zoo_latency_and_sidebar_latency_are_one_measurement(app):
     caption = " ".join(c.value for c in at.sidebar.caption)
     assert f"{report['resnet20_cpu_ms']:.1f} ms" in caption and "median of 20" in caption
     assert any("median of 20" in c.value for c in at.caption)
+
+
+def _predictions_table(at):
+    """The Zoo page's table of predictions on the pictures (the zoo table itself has no 'name' column)."""
+    return next(frame.value for frame in at.dataframe if "name" in frame.value.columns)
+
+
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
+def test_a_picture_given_on_one_page_is_shown_on_every_picture_page_until_forgotten(app):
+    at = app.switch_page("views/inspect_image.py").run()
+    _upload(at, "inspect_upload", [("mine.png", _png(seed=5))], multiple=True)
+    for page in ["views/channel_attention.py", "views/lgam.py", "views/interflow.py", "views/sanity.py",
+                 "views/activations.py", "views/zoo.py"]:
+        at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        shown = " ".join(_captions(at)) + " ".join(c.value for c in at.caption)
+        assert "mine.png" in shown, f"the picture given on Inspect is missing on {page}"
+    # the Zoo page's table: the upload's row, one column per trained model
+    import services
+
+    table = _predictions_table(at)
+    trained = [r["name"] for r in services.zoo_rows() if r["trained"]]
+    assert list(table["name"]) == ["mine.png"] and set(trained) <= set(table.columns)
+    assert all(" · " in str(table[name][0]) and str(table[name][0]).endswith("%") for name in trained)
+    # forgotten: every page is back on the gallery's pictures and the uploader is empty again
+    at.switch_page("views/lgam.py").run()
+    at.button(key="lgam_forget").click().run()
+    assert "mine.png" not in " ".join(_captions(at))
+    at.switch_page("views/zoo.py").run()
+    assert "mine.png" not in list(_predictions_table(at)["name"])
+
+
+@pytest.mark.slow  # runs models (seconds each on 2 shared cores)
+def test_activations_page_puts_the_pictures_se_hidden_units_on_the_curve(app):
+    at = app.switch_page("views/activations.py").run()
+    _upload(at, "act_upload", [("act.png", _png(seed=9))], multiple=False)
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [c.value for c in at.caption if c.value.startswith("act.png: the ")]
+    assert len(captions) >= 2  # the ReLU and the FeLU SE models
+    assert any("ReLU gives 0" in c for c in captions) and any("FeLU" in c for c in captions)
+    import json
+
+    units = 3 * (16 // 16 + 32 // 16 + 64 // 16)  # SE on ResNet-20, reduction 16: 3 blocks per stage
+    markers = [trace for chart in at.get("plotly_chart") for trace in json.loads(chart.proto.spec)["data"]
+               if trace.get("mode") == "markers"]
+    assert len(markers) >= 2 and all(len(trace["x"]) == units for trace in markers)
