@@ -39,7 +39,7 @@ from pathlib import Path
 from attnviz.data import portable_dataset_name
 from attnviz.errors import TrainingCancelled, TrainingError
 from attnviz.training import Recipe, train
-from attnviz.training.state import continue_into_averaging, finished_card, same_schedule
+from attnviz.training.state import adopt_averaging, continue_into_averaging, finished_card, same_schedule
 
 DEFAULT_DATA = "imagefolder:../shared/datasets/cifar10-jpeg.tar.gz"
 
@@ -186,6 +186,8 @@ def train_all(data: str = DEFAULT_DATA, out_dir: str | Path | None = None, only:
             if handed is not None and handed.exists() and not staged.exists():
                 shutil.copyfile(handed, staged)
                 log(f"{name}: resuming from the handed-off state {handed}")
+            if staged.exists() and adopt_averaging(staged, recipe):
+                log(f"{name}: its resume state goes on into the recipe's weight-averaging phase")
             elif not staged.exists() and shipped is not None and shipped.exists():
                 if finished_card(shipped.parent, name, spec, dataset.name, recipe) is not None:
                     outcomes[name] = "complete: already shipped"

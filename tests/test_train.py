@@ -533,3 +533,34 @@ def test_averaging_phase_resumes_exactly_and_continues_a_finished_main_schedule(
     c = _weights(continued.checkpoint)
     assert all(torch.equal(a[k], c[k]) for k in a)
     assert [h["epoch"] for h in continued.history] == [1, 2, 3, 4]
+
+
+def test_zoo_takes_shipped_and_handed_off_main_schedule_runs_into_the_averaging_phase(tiny, tmp_path):
+    from attnviz.zoo import train_all
+
+    main = Recipe(epochs=1, batch_size=40, probe_size=16)
+    averaged = Recipe(epochs=1, batch_size=40, probe_size=16, average_epochs=1, average_lr=0.01)
+    shipped, handoff = tmp_path / "checkpoints", tmp_path / "training-state"
+    quiet = lambda _: None  # noqa: E731
+    train_all(tiny, tmp_path / "s1", only=["resnet20"], device="cpu", recipe=main, log=quiet, ship_to=shipped)
+    # a fresh checkout holding that shipped card: nothing to do for the same schedule
+    outcomes = train_all(tiny, tmp_path / "s2", only=["resnet20"], device="cpu", recipe=main, log=quiet,
+                         ship_to=shipped)
+    assert outcomes["resnet20"] == "complete: already shipped"
+    # the recipe gains the averaging phase: the shipped card is continued, not retrained
+    lines = []
+    train_all(tiny, tmp_path / "s3", only=["resnet20"], device="cpu", recipe=averaged, log=lines.append,
+              ship_to=shipped)
+    assert any("continuing the shipped 1-epoch checkpoint" in line for line in lines)
+    card = json.loads((shipped / "resnet20.json").read_text())
+    assert card["recipe"]["average_epochs"] == 1 and [h["epoch"] for h in card["history"]] == [1, 2]
+    # a state handed off under the main schedule alone goes on into the phase too
+    (tmp_path / "s4").mkdir()
+    (tmp_path / "s4" / "CANCEL").touch()
+    with pytest.raises(TrainingCancelled):
+        train_all(tiny, tmp_path / "s4", only=["resnet20-se"], device="cpu", recipe=main, log=quiet, handoff=handoff)
+    lines.clear()
+    train_all(tiny, tmp_path / "s5", only=["resnet20-se"], device="cpu", recipe=averaged, log=lines.append,
+              handoff=handoff, ship_to=shipped)
+    assert any("weight-averaging phase" in line for line in lines)
+    assert json.loads((shipped / "resnet20-se.json").read_text())["recipe"]["average_epochs"] == 1

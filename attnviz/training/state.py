@@ -174,3 +174,26 @@ def continue_into_averaging(card_path: Path, target: Path, recipe) -> bool:
     }
     write_state(target, model, None, meta)
     return True
+
+
+def adopt_averaging(path: Path, recipe) -> bool:
+    """Give a resume state of ``recipe``'s main schedule (saved before it had the averaging phase) that phase.
+
+    The main schedule is untouched (same fields, the lr never depends on the phase), so the run goes on
+    exactly and then averages. Returns True when the state was rewritten (weights and buffers unchanged).
+    """
+    from attnviz.training.recipe import Recipe
+
+    if not recipe.average_epochs:
+        return False
+    meta, tensors = read_state(path)
+    try:
+        saved = Recipe.from_dict(dict(meta["recipe"]))
+    except (AttnvizError, TypeError, KeyError):
+        return False
+    main = {k: v for k, v in recipe.to_dict().items() if not k.startswith("average_")}
+    if saved.average_epochs or {k: v for k, v in saved.to_dict().items() if not k.startswith("average_")} != main:
+        return False
+    meta["recipe"] = recipe.to_dict() | {"lr": recipe.lr, "average_lr": recipe.average_lr}
+    atomic_write_bytes(path, save(tensors, metadata={"attnviz_state": json.dumps(meta, allow_nan=True)}))
+    return True
