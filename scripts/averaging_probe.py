@@ -1,8 +1,8 @@
 """Does stochastic weight averaging lift a finished zoo checkpoint over issue 11's bar? (``Recipe.average_*``)
 
 Continues a shipped checkpoint that finished the zoo's main schedule into the averaging phase
-(``attnviz.training.averaging``: ``--average-epochs`` more epochs at the constant ``--average-lr``, one
-snapshot per epoch, BatchNorm recomputed) and prints, per epoch, the SGD weights' test accuracy and the
+(``attnviz.training.averaging``: ``--average-epochs`` more epochs at ``--average-lr``, constant or in
+one-epoch cycles, one snapshot per epoch, BatchNorm recomputed) and prints, per epoch, the SGD weights' test accuracy and the
 running average's (a bf16 monitor), then the averaged model's final float32 accuracy on all test images.
 Nothing is shipped: the result lands in ``--out``. One core is enough (``taskset -c 0``).
 
@@ -29,12 +29,14 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="the dataset it was trained on (a dataset argument)")
     parser.add_argument("--average-epochs", type=int, default=15)
     parser.add_argument("--average-lr", type=float, default=0.05)
+    parser.add_argument("--average-schedule", choices=["constant", "cyclic"], default="constant")
     parser.add_argument("--out", type=Path, default=Path("runs/averaging-probe"))
     args = parser.parse_args()
     card = read_card(args.card)
     recipe = dataclasses.replace(Recipe.from_dict(card["recipe"]), average_epochs=args.average_epochs,
-                                 average_lr=args.average_lr)
+                                 average_lr=args.average_lr, average_schedule=args.average_schedule)
     name = f"{card['name']}-avg{args.average_epochs}-lr{args.average_lr:g}"
+    name += "-cyclic" if args.average_schedule == "cyclic" else ""
     args.out.mkdir(parents=True, exist_ok=True)
     if not state_path(args.out, name).exists() and not continue_into_averaging(args.card, state_path(args.out, name),
                                                                                recipe):

@@ -564,3 +564,14 @@ def test_zoo_takes_shipped_and_handed_off_main_schedule_runs_into_the_averaging_
               handoff=handoff, ship_to=shipped)
     assert any("weight-averaging phase" in line for line in lines)
     assert json.loads((shipped / "resnet20-se.json").read_text())["recipe"]["average_epochs"] == 1
+
+
+def test_cyclic_averaging_lr_falls_within_each_epoch_and_cards_without_the_phase_are_unchanged():
+    recipe = Recipe(epochs=2, average_epochs=2, average_lr=0.05, average_schedule="cyclic")
+    total = 2 * 10  # 10 steps per epoch
+    phase = [lr_at(recipe, step, total) for step in range(total, total + 20)]
+    assert phase[0] == pytest.approx(0.05) and phase[9] == pytest.approx(0.0005) and phase[10] == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(phase[:9], phase[1:10], strict=True))
+    assert not any(key.startswith("average_") for key in Recipe(epochs=2).to_dict())
+    with pytest.raises(AttnvizError, match="average_schedule"):
+        Recipe(average_epochs=1, average_schedule="triangle").validate()

@@ -1,8 +1,9 @@
 """Stochastic weight averaging (Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima").
 
 After the recipe's main schedule (``Recipe.epochs``) ends, ``Recipe.average_epochs`` more epochs run at
-the constant ``Recipe.average_lr``; the weights at the end of each of those epochs are averaged with
-equal weight (the paper's running mean, one snapshot per epoch). BatchNorm's running statistics of the
+``Recipe.average_lr``, either constant or (``average_schedule="cyclic"``, the paper's eq. 2 with a
+cycle of one epoch) falling linearly within each epoch to 1% of it; the weights at the end of each of
+those epochs are averaged with equal weight (the paper's running mean, one snapshot per epoch). BatchNorm's running statistics of the
 averaged weights belong to none of the snapshots, so they are recomputed by one pass over the training
 images (the paper's ``bn_update``; here without augmentation, float32, cumulative average, in a fixed
 shuffled order: a dataset stored class by class would otherwise give class-pure batches, whose

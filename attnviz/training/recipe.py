@@ -4,8 +4,10 @@ Schedules (the learning rate is a pure function of the global step, nothing to s
 ``onecycle`` (Smith & Topin 2018, the linear variant): lr rises linearly from lr/25 to lr over the first
 ``warmup_fraction`` of the steps, then falls linearly to 0; momentum is not cycled (kept at
 ``momentum``). ``cosine`` (Loshchilov & Hutter 2017, no restarts): lr * (1 + cos(pi t / T)) / 2. ``T`` is the main
-schedule's steps (``epochs``); the optional weight-averaging phase after it (``average_epochs`` at the
-constant ``average_lr``, :mod:`attnviz.training.averaging`) is not part of ``T``.
+schedule's steps (``epochs``); the optional weight-averaging phase after it (``average_epochs``,
+:mod:`attnviz.training.averaging`) is not part of ``T``: its lr is ``average_lr`` throughout
+(``average_schedule="constant"``) or, with ``"cyclic"`` (Izmailov et al. 2018, eq. 2), falls linearly
+within every epoch from ``average_lr`` to ``average_lr / 100``, the snapshot being taken at the low end.
 
 Precision (``Recipe.precision``/``memory_format``, resolved by :func:`resolve_precision`): ``auto`` =
 bf16 autocast on CUDA and on a CPU with native bf16 kernels (AVX512-BF16/AMX), else float32;
@@ -29,6 +31,8 @@ from attnviz.errors import AttnvizError
 
 OPTIMIZERS = ("sgd", "nesterov")
 SCHEDULES = ("onecycle", "cosine")
+AVERAGE_SCHEDULES = ("constant", "cyclic")
+CYCLE_LOW = 0.01  # cyclic averaging: the lr at a cycle's end, as a fraction of average_lr
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
@@ -59,9 +63,10 @@ class Recipe:
     # auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX512-BF16/AMX), float32 otherwise.
     # BatchNorm, the loss and the optimizer stay float32 (autocast's own op lists decide per op).
     # Stochastic weight averaging after the main schedule (attnviz.training.averaging): this many more
-    # epochs at the constant average_lr (None: a quarter of the peak lr), one snapshot per epoch.
+    # epochs at average_lr (None: a quarter of the peak lr), constant or cyclic, one snapshot per epoch.
     average_epochs: int = 0
     average_lr: float | None = None
+    average_schedule: str = "constant"  # constant | cyclic (one cycle per epoch)
     precision: str = "auto"  # auto | fp32 | bf16
     memory_format: str = "auto"  # auto | contiguous | channels_last (auto: see resolve_precision)
     compile: bool = False
@@ -90,6 +95,8 @@ class Recipe:
             problems.append("average_epochs must be an integer from 0 to 10000")
         if self.average_lr is not None and not (math.isfinite(self.average_lr) and self.average_lr > 0):
             problems.append("average_lr must be a positive number")
+        if self.average_schedule not in AVERAGE_SCHEDULES:
+            problems.append(f"average_schedule must be one of {', '.join(AVERAGE_SCHEDULES)}")
         if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65_536):
             problems.append("batch_size must be an integer from 1 to 65536")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
@@ -124,6 +131,9 @@ class Recipe:
         out["lr"] = self.resolved_lr
         if self.average_epochs:
             out["average_lr"] = self.resolved_average_lr
+        else:  # no averaging phase: the card reads as it did before the phase existed
+            for key in ("average_epochs", "average_lr", "average_schedule"):
+                out.pop(key)
         return out
 
     @classmethod
@@ -148,10 +158,15 @@ class TrainResult:
 def lr_at(recipe: Recipe, step: int, total_steps: int) -> float:
     """The learning rate of global step ``step`` (0-based); ``total_steps`` is the main schedule's length.
 
-    Steps past it belong to the weight-averaging phase and get the constant ``average_lr``.
+    Steps past it belong to the weight-averaging phase: ``average_lr``, constant or in one-epoch cycles.
     """
     if step >= total_steps and recipe.average_epochs:
-        return recipe.resolved_average_lr
+        high = recipe.resolved_average_lr
+        if recipe.average_schedule == "constant":
+            return high
+        steps_per_epoch = max(total_steps // recipe.epochs, 1)
+        position = ((step - total_steps) % steps_per_epoch) / max(steps_per_epoch - 1, 1)
+        return high * (1.0 - (1.0 - CYCLE_LOW) * position)
     peak = recipe.resolved_lr
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
     if recipe.schedule == "cosine":

@@ -109,7 +109,8 @@ def same_schedule(card_recipe: dict | None, recipe) -> bool:
     card_recipe = card_recipe or {}
     return (card_recipe.get("epochs") == recipe.epochs
             and int(card_recipe.get("average_epochs") or 0) == recipe.average_epochs
-            and (not recipe.average_epochs or card_recipe.get("average_lr") == recipe.resolved_average_lr))
+            and (not recipe.average_epochs or (card_recipe.get("average_lr") == recipe.resolved_average_lr
+                                               and card_recipe.get("average_schedule") == recipe.average_schedule)))
 
 
 def finished_card(out_dir: Path, name: str, spec: str, dataset: str, recipe) -> tuple[Path, dict] | None:
@@ -167,7 +168,7 @@ def continue_into_averaging(card_path: Path, target: Path, recipe) -> bool:
     model, card = load_checkpoint(card_path)
     meta = {
         "name": card["name"], "spec": card["spec"], "dataset": portable_dataset_name(str(card.get("dataset", ""))),
-        "recipe": recipe.to_dict() | {"lr": recipe.lr, "average_lr": recipe.average_lr},
+        "recipe": recipe.to_dict() | {"lr": recipe.lr, "average_lr": recipe.average_lr},  # None stays None
         "epoch": recipe.epochs, "step": 0, "averaged": 0, "world_size": 1,
         "history": list(card.get("history") or []), "train_time_s": float(card.get("train_time_s") or 0.0),
         "mean": list(card.get("mean") or []), "std": list(card.get("std") or []),
