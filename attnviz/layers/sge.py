@@ -12,7 +12,7 @@ C / min_group_channels. The paper's G = 64 was chosen for ResNet-50's 256-2048 c
 per group); on a CIFAR ResNet-20's 16-64 channels it leaves one channel per group, where c_i = x_i * mean(x)
 is a single rescaled feature map whose spatial std is near zero for a mostly-silent channel, so eq. (3)
 divides by ~eps and the gate saturates. ``min_group_channels=4`` restores the paper's smallest group size
-(G = 4, 8, 16 on 16, 32, 64 channels); the zoo's measured choice is in ``attnviz/zoo.py`` and ``reports/modules``.
+(G = 4, 8, 16 on 16, 32, 64 channels); the zoo's measured choice is in ``attnviz/zoo/entries.py`` and ``reports/modules``.
 """
 
 from __future__ import annotations
