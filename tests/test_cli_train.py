@@ -98,6 +98,8 @@ def test_bad_arguments_exit_2_with_one_line(small_folder, tmp_path, capsys):
         ["train", "--model", "resnet20", "--data", "imagenet", "--out", str(tmp_path)],
         ["train", "--model", "resnet20", "--epochs", "0", "--out", str(tmp_path)],
         ["train", "--model", "resnet20-interflow-soft", "--interflow-weight-lr-scale", "0", "--out", str(tmp_path)],
+        ["train", "--model", "resnet20", "--average-epochs", "-1", "--out", str(tmp_path)],
+        ["train", "--model", "resnet20", "--average-epochs", "2", "--average-lr", "0", "--out", str(tmp_path)],
         ["eval", str(tmp_path / "missing.json")],
     ]
     for argv in cases:

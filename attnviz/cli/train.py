@@ -39,6 +39,12 @@ def register(sub) -> None:
     parser.add_argument("--interflow-weight-lr-scale", type=float, default=None,
                         help="Interflow's learned aggregation weights train at this fraction of the lr "
                              "(default: the recipe's, 0.1)")
+    parser.add_argument("--average-epochs", type=int, default=None,
+                        help="stochastic weight averaging: this many more epochs after the schedule (default 0)")
+    parser.add_argument("--average-lr", type=float, default=None,
+                        help="the averaging phase's lr (default a quarter of the peak lr)")
+    parser.add_argument("--average-schedule", choices=["constant", "cyclic"], default=None,
+                        help="constant lr, or one falling cycle per epoch (default constant)")
     parser.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                         help="auto (default): bf16 autocast on CUDA or a CPU with native bf16, else float32")
@@ -60,6 +66,8 @@ def recipe_from_args(args):
         "label_smoothing": args.label_smoothing, "interflow_aux_weight": args.aux_weight,
         "interflow_weight_lr_scale": args.interflow_weight_lr_scale,
         "precision": args.precision, "memory_format": args.memory_format,
+        "average_epochs": args.average_epochs, "average_lr": args.average_lr,
+        "average_schedule": args.average_schedule,
     }
     recipe = Recipe(**{k: v for k, v in values.items() if v is not None})
     recipe.augment = not args.no_augment
