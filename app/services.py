@@ -243,11 +243,22 @@ def _np(value):
     return value
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def probe_images(model_id: str, digests: tuple[str, ...], _pictures: list) -> dict:
+def _weights(model_id: str) -> str | None:
+    """The model's weights hash: part of every result cache key, so a run that is still training (new
+    weights after each epoch, same zoo id) is never answered from an older epoch's results."""
+    row = zoo_by_id().get(model_id)
+    return row["weights_sha256"] if row else None
+
+
+def probe_images(model_id: str, digests: tuple[str, ...], pictures: list) -> dict:
     """One forward pass with every attention tap recorded (`attnviz.probe`), as numpy:
     ``{"probs": [N, K], "sites": {site: {"kind", "channel_weights", "hidden", "spatial", ...}},
     "excitation_inputs": [N, units]}`` (every SE site's hidden pre-activation, `ProbeResult.excitation_inputs`)."""
+    return _probe_images(model_id, _weights(model_id), digests, pictures)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _probe_images(model_id: str, sha256: str | None, digests: tuple[str, ...], _pictures: list) -> dict:
     from attnviz.probes import probe
 
     _count("probe")
@@ -262,10 +273,15 @@ def probe_images(model_id: str, digests: tuple[str, ...], _pictures: list) -> di
 
 # Inspections are cached per picture (not per set of pictures): adding a picture to a page then computes
 # that picture alone, which matters most when several sessions share the cores.
-@st.cache_data(show_spinner=False, max_entries=2048)
-def inspect(model_id: str, digest: str, _picture, method: str = "gradcam", target="predicted",
+def inspect(model_id: str, digest: str, picture, method: str = "gradcam", target="predicted",
             layer: str | None = None, scores: bool = False, masks: bool = False, branches: bool = False):
     """What one model makes of one picture (`attnviz.inspection.inspect_picture`): an ``Inspection``."""
+    return _inspect(model_id, _weights(model_id), digest, picture, method, target, layer, scores, masks, branches)
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def _inspect(model_id: str, sha256: str | None, digest: str, _picture, method: str, target, layer: str | None,
+             scores: bool, masks: bool, branches: bool):
     from attnviz.inspection import inspect_picture
 
     _count("explain", *(["faithfulness"] if scores else []), *(["masks"] if masks else []))

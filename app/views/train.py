@@ -88,6 +88,27 @@ def run_label(job_id: str) -> str:
 st.subheader("Watch a run")
 watch = st.selectbox("Run", list(by_id), format_func=run_label, key="train_watch")
 active = not by_id[watch].done
+with st.expander("Pictures to watch while it learns (yours first)", expanded=False):
+    watched = services.usable_pictures(ui.image_inputs(services.gallery(), key="train", max_images=4), limit=4)
+
+
+def pictures_through_run(run_dir: str, pictures: list) -> None:
+    """The run's latest checkpoint (written after every epoch) on the watched pictures."""
+    row = next((r for r in services.zoo_rows() if r["own_run"] and r["path"] and r["path"].startswith(run_dir)), None)
+    if row is None or not pictures:
+        return
+    try:
+        probs = services.probe_images(row["id"], tuple(p.digest for p in pictures), pictures)["probs"]
+    except services.user_errors() as err:
+        st.caption(f"The run's checkpoint cannot be read yet: {err}")
+        return
+    names = row.get("class_names") or []
+    st.markdown(f"**Your pictures through this run** (its checkpoint after {row.get('epochs') or 0:g} epoch(s))")
+    for column, picture, p in zip(st.columns(max(len(pictures), 4)), pictures, probs, strict=False):
+        top = int(p.argmax())
+        column.image(picture.thumbnail, caption=f"{picture.name}: {names[top] if top < len(names) else top} "
+                                                f"{p[top]:.0%}", width="stretch")
+    st.caption("Redrawn after every epoch: watch the answers firm up (or change) as the network learns.")
 
 
 @st.fragment(run_every=2.0 if active else None)
@@ -124,6 +145,7 @@ def live_panel(job_id: str) -> None:
         left.caption("Loss falling = learning; test loss (dots, once per epoch) well above train loss = overfitting.")
         right.plotly_chart(figures.live_curves_figure(summary, metric="acc"), key=f"live_acc_{job_id}")
         right.caption("Accuracy on the training batches so far and on the held-out test split after each epoch.")
+    pictures_through_run(status.run_dir, watched)
     if epochs:
         attention = epochs[-1].get("attention") or {}
         st.markdown("**Attention statistics** (end of the last epoch, fixed probe batch of test images)")

@@ -5,9 +5,12 @@ After the recipe's main schedule (``Recipe.epochs``) ends, ``Recipe.average_epoc
 cycle of one epoch) falling linearly within each epoch to 1% of it; the weights at the end of each of
 those epochs are averaged with equal weight (the paper's running mean, one snapshot per epoch). BatchNorm's running statistics of the
 averaged weights belong to none of the snapshots, so they are recomputed by one pass over the training
-images (the paper's ``bn_update``; here without augmentation, float32, cumulative average, in a fixed
-shuffled order: a dataset stored class by class would otherwise give class-pure batches, whose
-variances leave out the spread between classes).
+images (the paper's ``bn_update``: with the training augmentation, float32, cumulative average, in a
+fixed shuffled order). Without the augmentation, statistics of un-padded images replace those of the
+padded crops the later layers were trained on, which costs a ResNet-20 several points of test accuracy
+(``scripts/averaging_probe.py --bn-check`` measures it on a checkpoint's own weights). A dataset stored
+class by class would without the shuffle give class-pure batches, whose variances leave out the spread
+between classes.
 
 Choices where the paper leaves room (documented so they stay visible):
 
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from attnviz.data import preprocess
+from attnviz.training.batches import augment_batch
 
 PREFIX = "average/"
 
@@ -64,11 +68,11 @@ class WeightAverage:
 @torch.no_grad()
 def recompute_batchnorm(model: nn.Module, images: torch.Tensor, mean, std, *, batch_size: int = 500,
                         device: torch.device | None = None, autocast_dtype: torch.dtype | None = None,
-                        channels_last: bool = False, seed: int = 0) -> int:
+                        channels_last: bool = False, augment: bool = True, seed: int = 0) -> int:
     """Set every BatchNorm's running mean/var to their average over ``images`` (uint8 NCHW).
 
     The images are visited in a shuffled order fixed by ``seed`` (batch statistics must not depend on how
-    the dataset happens to be sorted). Returns how many BatchNorm layers were reset (0: nothing to do,
+    the dataset happens to be sorted) and, with ``augment``, cropped and flipped as in training. Returns how many BatchNorm layers were reset (0: nothing to do,
     no pass is made). The model's train/eval mode and each layer's momentum are restored afterwards.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -82,9 +86,13 @@ def recompute_batchnorm(model: nn.Module, images: torch.Tensor, mean, std, *, ba
             norm.reset_running_stats()
             norm.momentum = None  # cumulative moving average: every batch counts alike
         model.train()
-        order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(images.shape[0], generator=generator)
         for start in range(0, images.shape[0], batch_size):
-            batch = preprocess(images[order[start:start + batch_size]].to(device), mean, std)
+            batch = images[order[start:start + batch_size]]
+            if augment:
+                batch = augment_batch(batch, generator)
+            batch = preprocess(batch.to(device), mean, std)
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):

@@ -375,7 +375,7 @@ class _Run:
         if self.average.count:  # every rank: the same mean and the same pass, so the weights stay equal
             self.average.apply_to(self.net)
             recompute_batchnorm(self.net, self.train_x, self.mean, self.std, device=self.device,
-                                channels_last=self.channels_last)
+                                channels_last=self.channels_last, augment=self.recipe.augment)
         if self.ranks.rank == 0:
             metrics = self._final_metrics()
             card_path = self._save("complete", metrics, float(self.total_epochs), position=None)
@@ -439,7 +439,8 @@ class _Run:
         averaged = copy.deepcopy(self.net)
         self.average.apply_to(averaged)
         recompute_batchnorm(averaged, self.train_x[::5], self.mean, self.std, device=self.device,
-                            autocast_dtype=self.autocast_dtype, channels_last=self.channels_last)
+                            autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
+                            augment=self.recipe.augment)
         return evaluate(averaged, self.test_x, self.test_y, self.mean, self.std, num_classes=self.data.num_classes,
                         device=self.device, autocast_dtype=self.autocast_dtype,
                         channels_last=self.channels_last)["test_acc"]
