@@ -64,6 +64,8 @@ def test_upload_inspect_train_and_zoo(tmp_path, browser_page):
         wait_idle(page)
         page.screenshot(path=str(shots / "3-train-finished.png"))
         assert page.get_by_text("finished").count() >= 1
+        # the run's checkpoint on the watched pictures (the gallery's here: this is a fresh session)
+        page.get_by_text("Your pictures through this run").first.wait_for(timeout=60_000)
 
         # 4. the run is in the Zoo
         page.goto(base + "/")
