@@ -3,7 +3,7 @@
 Each page lives in `app/views/<name>.py`; to add one, add a line below. The sidebar (the model choice
 shared by every page, and the device line) is drawn here once; pages read the choice with
 `services.chosen_models()`. Heavy imports (torch) happen
-inside `app/services.py` when a page first needs them, so the first paint stays fast.
+inside `app/services/` when a page first needs them, so the first paint stays fast.
 """
 
 import streamlit as st
