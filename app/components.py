@@ -11,12 +11,6 @@ from figures import short_site, topk_figure
 GRID_IMAGE_WIDTH = 240  # px: one heat map cell, the same for any number of models
 
 
-# --------------------------------------------------------------------------------------- activations
-
-
-# -------------------------------------------------------------------------------------------- tables
-
-
 # ------------------------------------------------------------------------------------ sidebar groups
 SOURCE_TAG = {"shipped": "", "your run": " · your run", "untrained": " · untrained"}
 
@@ -148,6 +142,26 @@ def _uploader_key(key: str) -> str:
     return f"{key}_upload" if not generation else f"{key}_upload_{generation}"
 
 
+def _source_tabs(labels: list[str], defaults: list[str], *, key: str, max_images: int, multiple: bool):
+    """The Gallery / Upload / Camera tabs: (gallery labels picked, [(name, uploaded file or shot)])."""
+    source_tabs = st.tabs([":material/photo_library: Gallery", ":material/upload: Upload", ":material/photo_camera: Camera"])
+    with source_tabs[0]:
+        picked = st.multiselect(
+            "Sample images (CIFAR-10 test set, shipped with attnviz)", labels, default=defaults,
+            key=f"{key}_gallery", max_selections=max_images if multiple else 1,
+        )
+    with source_tabs[1]:
+        uploads = st.file_uploader(
+            "Your images (JPEG, PNG, WebP, GIF, BMP or TIFF, up to 10 MB each); every page of this session "
+            "shows them", accept_multiple_files=multiple, key=_uploader_key(key),
+        )
+    with source_tabs[2]:
+        use_camera = st.toggle("Use the camera", key=f"{key}_camera_on")
+        shot = st.camera_input("Take a picture", key=f"{key}_camera") if use_camera else None
+    given = [(u.name, u) for u in (uploads if isinstance(uploads, list) else [uploads]) if u is not None]
+    return picked, given + ([("camera", shot)] if shot is not None else [])
+
+
 def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: int = 3,
                  max_images: int = 8, multiple: bool = True) -> list[tuple[str, bytes]]:
     """The pictures to analyse as (name, bytes): the user's own first, then gallery picks.
@@ -165,23 +179,8 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
     # a spread of classes as the default: the first image of every third class
     defaults = [f"{cls} · {Path(paths[0]).stem}" for cls, paths in list(gallery.items())[::3] if paths]
     defaults = defaults[:default_gallery] if multiple else defaults[:1]
-    source_tabs = st.tabs([":material/photo_library: Gallery", ":material/upload: Upload", ":material/photo_camera: Camera"])
-    with source_tabs[0]:
-        picked = st.multiselect(
-            "Sample images (CIFAR-10 test set, shipped with attnviz)", list(labels), default=defaults,
-            key=f"{key}_gallery", max_selections=max_images if multiple else 1,
-        )
-    with source_tabs[1]:
-        uploads = st.file_uploader(
-            "Your images (JPEG, PNG, WebP, GIF, BMP or TIFF, up to 10 MB each); every page of this session "
-            "shows them", accept_multiple_files=multiple, key=_uploader_key(key),
-        )
-    with source_tabs[2]:
-        use_camera = st.toggle("Use the camera", key=f"{key}_camera_on")
-        shot = st.camera_input("Take a picture", key=f"{key}_camera") if use_camera else None
-    given = [u for u in (uploads if isinstance(uploads, list) else [uploads]) if u is not None]
-    given += [shot] if shot is not None else []
-    forgotten = _remember([("camera" if item is shot else item.name, item) for item in given])
+    picked, given = _source_tabs(list(labels), defaults, key=key, max_images=max_images, multiple=multiple)
+    forgotten = _remember(given)
     if forgotten:
         st.info(f"This session keeps up to {OWN_PICTURES_MAX_BYTES // 2**20} MB of your pictures; the oldest were "
                 f"let go: {', '.join(forgotten)}.", icon=":material/photo_library:")
@@ -194,12 +193,16 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
                       help="Remove your pictures from this session (every page)")
     gallery_part = [] if (own and picked == defaults) else picked
     sources = own + [(label, Path(labels[label]).read_bytes()) for label in gallery_part]
-    if len(sources) <= max_images:
-        return sources
+    return sources if len(sources) <= max_images else _choose(sources, key=key, max_images=max_images)
+
+
+def _choose(sources: list[tuple[str, bytes]], *, key: str, max_images: int) -> list[tuple[str, bytes]]:
+    """More pictures than a page analyses at once: the user picks (the newest preselected), told what waits."""
     names = _unique_names([name for name, _ in sources])
     by_name = dict(zip(names, (data for _, data in sources), strict=True))
-    if max_images == 1:  # a one-picture page: choose which, the newest of the user's preselected
-        one = st.selectbox("Picture to analyse (your own first, the latest first)", names, key=f"{key}_analyse_one")
+    if max_images == 1:  # a one-picture page; a new key when the pictures change, so the newest is shown
+        one = st.selectbox("Picture to analyse (your own first, the latest first)", names,
+                           key=f"{key}_analyse_one_{short_hash(names)}")
         return [(one, by_name[one])]
     chosen = st.multiselect(
         f"Pictures to analyse (at most {max_images} at a time; your own first, the latest first)", names,
@@ -288,9 +291,6 @@ def prediction_rows(pictures: list, models: list[dict], probs: dict[str, np.ndar
             row[model["name"]] = f"{names[top] if top < len(names) else top} · {p[top]:.0%}"
         rows.append(row)
     return rows
-
-
-# ----------------------------------------------------------------------------------------- training
 
 
 def format_seconds(seconds: float | None) -> str:
