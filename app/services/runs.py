@@ -14,8 +14,8 @@ def training_jobs():
     return get_jobs()
 
 def check_archive(name: str, data: bytes):
-    """An uploaded ImageFolder zip checked and kept for training (`attnviz.jobs.check_archive`)."""
-    from attnviz.jobs import check_archive as _check
+    """An uploaded ImageFolder zip checked and kept for training (`attnviz.archives.check_archive`)."""
+    from attnviz.archives import check_archive as _check
 
     return _check(data, name)
 
