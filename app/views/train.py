@@ -111,6 +111,34 @@ def pictures_through_run(run_dir: str, pictures: list) -> None:
     st.caption("Redrawn after every epoch: watch the answers firm up (or change) as the network learns.")
 
 
+def attention_panel(epochs: list[dict], job_id: str) -> None:
+    """The attention statistics the trainer recorded after each epoch (dead SE units, channel weights, branches)."""
+    attention = epochs[-1].get("attention") or {}
+    st.markdown("**Attention statistics** (end of the last epoch, fixed probe batch of test images)")
+    a1, a2 = st.columns(2)
+    dead = [e.get("attention", {}).get("dead_fraction_total") for e in epochs]
+    if any(d is not None for d in dead):
+        a1.plotly_chart(figures.bar_figure([f"epoch {e['epoch']}" for e in epochs], [d or 0 for d in dead],
+                                      colors="#7e22ce", y_title="dead SE hidden units", y_range=(0, 1),
+                                      height=260, text_format=".1%"), key=f"live_dead_{job_id}")
+        a1.caption("Share of SE excitation units that are ≤ 0 for every probe image (dead for ReLU; FeLU "
+                   "still passes a gradient there).")
+    weights = attention.get("channel_weight_mean") or {}
+    if weights:
+        a2.plotly_chart(figures.site_bars_figure(weights, y_title="mean channel weight"), key=f"live_w_{job_id}")
+        a2.caption("Mean channel weight of each attention site: near 0.5 = undecided, far from it = "
+                   "the module rescales its channels strongly.")
+    branch = attention.get("interflow_branch_weights")
+    if branch:
+        flat = branch if not isinstance(branch[0], list) else [sum(row) / len(row) for row in branch]
+        a1.plotly_chart(figures.bar_figure([f"branch {i + 1}" for i in range(len(flat))], flat, colors="#15803d",
+                                      y_title="branch weight", y_range=None, height=260, text_format=".3f"),
+                        key=f"live_branch_{job_id}")
+        a1.caption("Interflow's aggregation weight of each stage branch (per_class: averaged over classes).")
+    if not (weights or branch or any(d is not None for d in dead)):
+        st.caption("This model has no attention sites with statistics to show.")
+
+
 @st.fragment(run_every=2.0 if active else None)
 def live_panel(job_id: str) -> None:
     status = services.run_status(job_id)
@@ -147,30 +175,7 @@ def live_panel(job_id: str) -> None:
         right.caption("Accuracy on the training batches so far and on the held-out test split after each epoch.")
     pictures_through_run(status.run_dir, watched)
     if epochs:
-        attention = epochs[-1].get("attention") or {}
-        st.markdown("**Attention statistics** (end of the last epoch, fixed probe batch of test images)")
-        a1, a2 = st.columns(2)
-        dead = [e.get("attention", {}).get("dead_fraction_total") for e in epochs]
-        if any(d is not None for d in dead):
-            a1.plotly_chart(figures.bar_figure([f"epoch {e['epoch']}" for e in epochs], [d or 0 for d in dead],
-                                          colors="#7e22ce", y_title="dead SE hidden units", y_range=(0, 1),
-                                          height=260, text_format=".1%"), key=f"live_dead_{job_id}")
-            a1.caption("Share of SE excitation units that are ≤ 0 for every probe image (dead for ReLU; FeLU "
-                       "still passes a gradient there).")
-        weights = attention.get("channel_weight_mean") or {}
-        if weights:
-            a2.plotly_chart(figures.site_bars_figure(weights, y_title="mean channel weight"), key=f"live_w_{job_id}")
-            a2.caption("Mean channel weight of each attention site: near 0.5 = undecided, far from it = "
-                       "the module rescales its channels strongly.")
-        branch = attention.get("interflow_branch_weights")
-        if branch:
-            flat = branch if not isinstance(branch[0], list) else [sum(row) / len(row) for row in branch]
-            a1.plotly_chart(figures.bar_figure([f"branch {i + 1}" for i in range(len(flat))], flat, colors="#15803d",
-                                          y_title="branch weight", y_range=None, height=260, text_format=".3f"),
-                            key=f"live_branch_{job_id}")
-            a1.caption("Interflow's aggregation weight of each stage branch (per_class: averaged over classes).")
-        if not (weights or branch or any(d is not None for d in dead)):
-            st.caption("This model has no attention sites with statistics to show.")
+        attention_panel(epochs, job_id)
     if not status.done:
         if st.button("Cancel this run", key=f"cancel_{job_id}", icon=":material/stop_circle:"):
             services.training_jobs().cancel(job_id)
