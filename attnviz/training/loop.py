@@ -376,6 +376,7 @@ class _Run:
             self.average.apply_to(self.net)
             recompute_batchnorm(self.net, self.train_x, self.mean, self.std, device=self.device,
                                 channels_last=self.channels_last, augment=self.recipe.augment)
+            self.train_time = self._elapsed()  # the statistics pass is part of the training
         if self.ranks.rank == 0:
             metrics = self._final_metrics()
             card_path = self._save("complete", metrics, float(self.total_epochs), position=None)
