@@ -171,7 +171,7 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
     only while nothing of the user's is there (pictures picked in the gallery by hand stay, after the
     user's). With more pictures than ``max_images`` a picker says so and lets the user choose; nothing
     is dropped silently. Nothing is decoded here: every byte string goes through
-    `attnviz.inspection.read_picture` in `services.decode`.
+    `attnviz.analysis.inspection.read_picture` in `services.decode`.
     """
     from pathlib import Path
 
@@ -215,7 +215,7 @@ def _choose(sources: list[tuple[str, bytes]], *, key: str, max_images: int) -> l
 
 
 def one_picture(key: str):
-    """The single picture a one-picture page works on (gallery, upload or camera; `attnviz.inspection.Picture`);
+    """The single picture a one-picture page works on (gallery, upload or camera; `attnviz.analysis.inspection.Picture`);
     a page without one stops here with a hint. A bad file is reported in one sentence."""
     import services
 
@@ -248,7 +248,7 @@ def target_label(choice: str, class_names: list[str]) -> str:
 
 def score_rows(models: list[dict], results: dict, pictures: list, class_names: list[str]) -> list[dict]:
     """One row per (picture, model, target) with probabilities and faithfulness, for tables and reports;
-    ``results[model id][picture index]`` is an `attnviz.inspection.Inspection`."""
+    ``results[model id][picture index]`` is an `attnviz.analysis.inspection.Inspection`."""
 
     def name(index: int):
         return class_names[index] if index < len(class_names) else index
@@ -339,7 +339,7 @@ def intervention_panel(models: list[dict], pictures: list[dict], *, key: str) ->
     import services
 
     st.subheader("Intervene: change the attention and watch the prediction")
-    st.caption("Override one site's attention for one forward pass (`attnviz.interventions`): the shared model "
+    st.caption("Override one site's attention for one forward pass (`attnviz.analysis.interventions`): the shared model "
                "itself is never changed. Both heat maps explain the class predicted before the change.")
     if not models or not pictures:
         st.info("Pick a model and a picture first.")

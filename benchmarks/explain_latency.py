@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from attnviz.explanations import explain
+from attnviz.analysis.explanations import explain
 from attnviz.models.registry import create_model, list_models
 
 CLOCK = time.perf_counter

@@ -39,7 +39,7 @@ def _model():
 
 
 @pytest.mark.parametrize("context", ["no_grad", "grad_disabled", "inference_mode"])
-@pytest.mark.parametrize("method", __import__("attnviz.explanations", fromlist=["METHODS"]).METHODS)
+@pytest.mark.parametrize("method", __import__("attnviz.analysis.explanations", fromlist=["METHODS"]).METHODS)
 def test_explain_works_inside_a_callers_no_grad_and_restores_it(method, context):
     model = _model()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -54,7 +54,7 @@ def test_explain_works_inside_a_callers_no_grad_and_restores_it(method, context)
 
 
 def test_faithfulness_metrics_work_inside_no_grad():
-    from attnviz.faithfulness import deletion_insertion
+    from attnviz.analysis.faithfulness import deletion_insertion
 
     model = _model()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))

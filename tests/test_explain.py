@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from attnviz.analysis.explanations import CAM_METHODS, METHODS, explain
+from attnviz.analysis.faithfulness import blurred, deletion_insertion, module_masks, road
+from attnviz.analysis.profiles import ExcitationProfiles, excitation_profiles, specialisation_score
 from attnviz.errors import AttnvizError
-from attnviz.explanations import CAM_METHODS, METHODS, explain
-from attnviz.faithfulness import blurred, deletion_insertion, module_masks, road
 from attnviz.models.registry import create_model
 from attnviz.overlay import colorize, overlay, overlay_png, shared_range
-from attnviz.profiles import ExcitationProfiles, excitation_profiles, specialisation_score
 
 
 def build(spec: str, num_classes: int = 10) -> torch.nn.Module:

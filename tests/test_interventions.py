@@ -1,4 +1,4 @@
-"""attnviz.interventions on the shipped checkpoints: each override does what it says, the model is restored
+"""attnviz.analysis.interventions on the shipped checkpoints: each override does what it says, the model is restored
 bit-exactly (also after an exception), other threads are untouched, bad requests are one sentence."""
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from attnviz import load_checkpoint
-from attnviz.data import load_dataset, preprocess
-from attnviz.errors import AttnvizError
-from attnviz.interventions import (
+from attnviz.analysis.interventions import (
     Intervention,
     accuracy_with,
     intervene,
@@ -20,7 +18,9 @@ from attnviz.interventions import (
     predict,
     readout_means,
 )
-from attnviz.probes import probe
+from attnviz.analysis.probes import probe
+from attnviz.data import load_dataset, preprocess
+from attnviz.errors import AttnvizError
 
 
 @pytest.fixture(scope="module")

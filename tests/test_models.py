@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from attnviz.analysis.probes import attention_sites
 from attnviz.errors import SpecError
 from attnviz.layers.create_attn import list_attentions
 from attnviz.layers.taps import AttnTap
@@ -14,7 +15,6 @@ from attnviz.models.registry import (
     parse_spec,
     register_arch,
 )
-from attnviz.probes import attention_sites
 from attnviz.stats import count_flops, count_params
 
 # width=0.25 keeps the big backbones small enough for a fast test; the structure is the same

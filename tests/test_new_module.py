@@ -52,7 +52,7 @@ def registered(monkeypatch):
 
 
 def test_a_registered_module_is_built_probed_and_counted(registered):
-    from attnviz.probes import probe
+    from attnviz.analysis.probes import probe
     from attnviz.training import attention_statistics
 
     sites = [name for name, m in registered.named_modules() if isinstance(m, CentreGate)]
@@ -70,8 +70,8 @@ def test_a_registered_module_is_built_probed_and_counted(registered):
 
 
 def test_a_registered_module_can_be_intervened_on_and_drawn(registered):
-    from attnviz.faithfulness import module_masks
-    from attnviz.interventions import Intervention, applicable_methods, intervene
+    from attnviz.analysis.faithfulness import module_masks
+    from attnviz.analysis.interventions import Intervention, applicable_methods, intervene
     from attnviz.overlay import overlay_png
 
     site = next(name for name, m in registered.named_modules() if isinstance(m, CentreGate))

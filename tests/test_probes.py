@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
+from attnviz.analysis.probes import attention_sites, dead_unit_fraction, dead_units, probe
 from attnviz.errors import AttnvizError
 from attnviz.models.registry import create_model
-from attnviz.probes import attention_sites, dead_unit_fraction, dead_units, probe
 
 BATCH = 3
 

@@ -1,4 +1,4 @@
-"""attnviz.sanity: the metrics by hand, the randomisation order, what each step may and may not change, the
+"""attnviz.analysis.sanity: the metrics by hand, the randomisation order, what each step may and may not change, the
 shared model left bit-identical, determinism, the CLI and the study."""
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import pytest
 import torch
 
 from attnviz import load_checkpoint
-from attnviz.cli import main
-from attnviz.data import load_dataset, preprocess
-from attnviz.errors import AttnvizError
-from attnviz.sanity import (
+from attnviz.analysis.sanity import (
     randomisation_steps,
     randomisation_test,
     rank_correlations,
@@ -22,6 +19,9 @@ from attnviz.sanity import (
     spearman,
     ssim,
 )
+from attnviz.cli import main
+from attnviz.data import load_dataset, preprocess
+from attnviz.errors import AttnvizError
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ def gallery() -> dict[str, list[str]]:
 
 @st.cache_resource(show_spinner=False, max_entries=128)
 def _picture(digest: str, name: str, _data: bytes):
-    from attnviz.inspection import read_picture
+    from attnviz.analysis.inspection import read_picture
 
     return read_picture(name, _data)
 
 def decode(name: str, data: bytes):
-    """An input picture as an `attnviz.inspection.Picture` (decoded once per process and content): a bad
+    """An input picture as an `attnviz.analysis.inspection.Picture` (decoded once per process and content): a bad
     file gets ``error`` = one sentence and no picture; it never raises."""
     import hashlib
 
@@ -54,7 +54,7 @@ def probe_images(model_id: str, digests: tuple[str, ...], pictures: list) -> dic
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _probe_images(model_id: str, sha256: str | None, digests: tuple[str, ...], _pictures: list) -> dict:
-    from attnviz.probes import probe
+    from attnviz.analysis.probes import probe
 
     _count("probe")
     model, card = load_model(model_id)
@@ -69,13 +69,13 @@ def _probe_images(model_id: str, sha256: str | None, digests: tuple[str, ...], _
 # that picture alone, which matters most when several sessions share the cores.
 def inspect(model_id: str, digest: str, picture, method: str = "gradcam", target="predicted",
             layer: str | None = None, scores: bool = False, masks: bool = False, branches: bool = False):
-    """What one model makes of one picture (`attnviz.inspection.inspect_picture`): an ``Inspection``."""
+    """What one model makes of one picture (`attnviz.analysis.inspection.inspect_picture`): an ``Inspection``."""
     return _inspect(model_id, _weights(model_id), digest, picture, method, target, layer, scores, masks, branches)
 
 @st.cache_data(show_spinner=False, max_entries=2048)
 def _inspect(model_id: str, sha256: str | None, digest: str, _picture, method: str, target, layer: str | None,
              scores: bool, masks: bool, branches: bool):
-    from attnviz.inspection import inspect_picture
+    from attnviz.analysis.inspection import inspect_picture
 
     _count("explain", *(["faithfulness"] if scores else []), *(["masks"] if masks else []))
     model, card = load_model(model_id)
@@ -90,7 +90,7 @@ def model_layers(model_id: str) -> dict:
 
 @st.cache_data(show_spinner=False)
 def explain_methods() -> list[str]:
-    from attnviz.explanations import METHODS
+    from attnviz.analysis.explanations import METHODS
 
     return list(METHODS)
 
@@ -101,9 +101,9 @@ def colormaps() -> list[str]:
     return list_colormaps()
 
 def overlay_png(display, heatmap, colormap: str, opacity: float, vmin: float = 0.0, vmax: float = 1.0) -> bytes:
-    """PNG of a heat map over the display picture in a square cell (`attnviz.inspection.heat_map_png`);
+    """PNG of a heat map over the display picture in a square cell (`attnviz.analysis.inspection.heat_map_png`);
     not cached: cheap."""
-    from attnviz.inspection import heat_map_png
+    from attnviz.analysis.inspection import heat_map_png
 
     return heat_map_png(display, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax)
 

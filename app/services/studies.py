@@ -27,9 +27,9 @@ def _sample_batch(card: dict, limit: int | None = None):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def excitation_profiles(model_id: str, sha256: str | None) -> dict:
-    """Class-wise excitation profiles over the sample test set (`attnviz.profiles.excitation_profiles`):
+    """Class-wise excitation profiles over the sample test set (`attnviz.analysis.profiles.excitation_profiles`):
     ``{"sites", "kinds", "mean": {site: [K, C]}, "std", "counts", "specialisation", "class_names"}``."""
-    from attnviz.profiles import excitation_profiles as _profiles
+    from attnviz.analysis.profiles import excitation_profiles as _profiles
 
     _count("profiles")
     model, card = load_model(model_id)
@@ -42,9 +42,9 @@ def excitation_profiles(model_id: str, sha256: str | None) -> dict:
 @st.cache_data(show_spinner=False, max_entries=32)
 def dead_units(model_id: str, sha256: str | None, n_images: int = 250) -> dict:
     """Dead SE excitation units on a fixed, class-balanced batch of sample test images
-    (`attnviz.probes.dead_units`): ``{"per_site": {site: (dead, total)}, "fraction", "n_images"}``."""
-    from attnviz.probes import dead_units as _dead_units
-    from attnviz.probes import probe
+    (`attnviz.analysis.probes.dead_units`): ``{"per_site": {site: (dead, total)}, "fraction", "n_images"}``."""
+    from attnviz.analysis.probes import dead_units as _dead_units
+    from attnviz.analysis.probes import probe
 
     _count("dead_units")
     model, card = load_model(model_id)
@@ -57,10 +57,10 @@ SANITY_METHODS = ("gradcam", "gradcam++", "saliency", "guided_backprop", "integr
 @st.cache_data(show_spinner=False, max_entries=128)
 def sanity_check(model_id: str, sha256: str | None, digest: str, _picture, methods: tuple[str, ...],
                  mode: str = "cascading") -> dict:
-    """The model-parameter randomisation test for one picture (`attnviz.sanity.randomisation_test`, on a
+    """The model-parameter randomisation test for one picture (`attnviz.analysis.sanity.randomisation_test`, on a
     private copy of the shared model): ``{"labels", "heatmaps": {method: [step maps]}, "curves": {method:
     {metric: [per step]}}, "readouts": {"site:part": [per step]}, "verdicts", "reading", "target"}``."""
-    from attnviz.sanity import METRICS, describe, randomisation_test
+    from attnviz.analysis.sanity import METRICS, describe, randomisation_test
 
     _count("sanity")
     model, card = load_model(model_id)
@@ -74,14 +74,14 @@ def sanity_check(model_id: str, sha256: str | None, digest: str, _picture, metho
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def intervention_sites(model_id: str, sha256: str | None) -> dict[str, dict]:
-    """site -> {"kind", "methods", "channels", "branches"} (`attnviz.interventions.intervention_sites`)."""
-    from attnviz.interventions import intervention_sites as _sites
+    """site -> {"kind", "methods", "channels", "branches"} (`attnviz.analysis.interventions.intervention_sites`)."""
+    from attnviz.analysis.interventions import intervention_sites as _sites
 
     model, _ = load_model(model_id)
     return _sites(model)
 
 def intervention_labels() -> dict[str, str]:
-    from attnviz.interventions import LABELS
+    from attnviz.analysis.interventions import LABELS
 
     return {**LABELS, "channel_mean": "channel weights -> their average over the sample set",
             "spatial_mean": "spatial mask -> its mean over the picture"}
@@ -89,15 +89,15 @@ def intervention_labels() -> dict[str, str]:
 @st.cache_data(show_spinner=False, max_entries=512)
 def intervention_effect(model_id: str, sha256: str | None, digests: tuple[str, ...], _pictures: list, site: str,
                         method: str, k: int | None = None, branch: int | None = None) -> dict:
-    """Predictions and Grad-CAM before / inside one intervention (`attnviz.interventions.intervention_effect`).
+    """Predictions and Grad-CAM before / inside one intervention (`attnviz.analysis.interventions.intervention_effect`).
 
     ``channel_mean`` uses the site's average weights over the shipped sample's test images and
     ``channel_class_mean`` the average of the class the model predicts without the intervention (both from
     `excitation_profiles`); ``spatial_mean`` each picture's own spatial mean."""
     import numpy as np
 
-    from attnviz.interventions import Intervention
-    from attnviz.interventions import intervention_effect as _effect
+    from attnviz.analysis.interventions import Intervention
+    from attnviz.analysis.interventions import intervention_effect as _effect
 
     _count("intervention")
     model, card = load_model(model_id)

@@ -143,7 +143,7 @@ with tab_tables:
 with tab_zoo:
     st.markdown(
         "- **Library**: `attnviz` (PyTorch). Modules in `attnviz/layers/`, backbones in `attnviz/models/`, "
-        "probes (`attnviz.probe`) read the taps, `attnviz.explanations` wraps pytorch-grad-cam and captum.\n"
+        "probes (`attnviz.probe`) read the taps, `attnviz.analysis.explanations` wraps pytorch-grad-cam and captum.\n"
         "- **Checkpoints**: safetensors weights plus a JSON card (recipe, data, metrics, sha256); never "
         "pickles. Shipped ones in `checkpoints/`, your runs in `$ATTNVIZ_HOME/runs` (default `~/.attnviz/runs`).\n"
         "- **Command line**: `attnviz zoo`, `attnviz params`, `attnviz train`, `attnviz eval`, `attnviz inspect`.\n"

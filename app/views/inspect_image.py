@@ -57,7 +57,7 @@ def layer_of(model_id: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ compute
-# results[model id][picture index]: an attnviz.inspection.Inspection (cached per model and picture)
+# results[model id][picture index]: an attnviz.analysis.inspection.Inspection (cached per model and picture)
 results, errors = {}, {}
 if good:
     with st.spinner(f"Running {ui.METHOD_LABELS.get(method, method)} on {len(good)} picture(s) x {len(models)} model(s)..."):

@@ -30,7 +30,7 @@ CIFAR10_CARD = {
 
 
 def register(sub) -> None:
-    from attnviz.explanations import METHODS
+    from attnviz.analysis.explanations import METHODS
 
     parser = sub.add_parser("inspect", help="predictions, attention summaries and CAMs for images")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, BMP, TIFF)")
@@ -154,8 +154,8 @@ def _describe_site(summary: dict) -> str:
 
 
 def _inspect_one(args, method: str, image_path: str, image, name: str, model, card: dict, out_dir: Path | None) -> dict:
-    """One model on one picture (`attnviz.inspection.inspect_picture`), with its overlays written to ``out_dir``."""
-    from attnviz.inspection import heat_map_png, inspect_picture
+    """One model on one picture (`attnviz.analysis.inspection.inspect_picture`), with its overlays written to ``out_dir``."""
+    from attnviz.analysis.inspection import heat_map_png, inspect_picture
 
     num_classes = int(getattr(model, "num_classes", 0) or card.get("num_classes") or 0)
     target = _resolve_target(args.target, card, num_classes)
@@ -189,8 +189,8 @@ def _print_result(result: dict, card: dict, method: str) -> None:
 
 
 def run(args) -> int:
+    from attnviz.analysis.explanations import canonical_method
     from attnviz.device import pick_device
-    from attnviz.explanations import canonical_method
     from attnviz.images import read_image
 
     method = canonical_method(args.method)

@@ -23,7 +23,7 @@ from attnviz.errors import AttnvizError
 
 
 def register(sub) -> None:
-    from attnviz.sanity import DEFAULT_METHODS, GRANULARITIES, MODES
+    from attnviz.analysis.sanity import DEFAULT_METHODS, GRANULARITIES, MODES
 
     parser = sub.add_parser("sanity", help="does a map change when the model's weights are randomised?")
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files (or use --sample N)")
@@ -106,11 +106,11 @@ def _strip_png(path: Path, labels: list[str], maps: list, picture) -> None:
 
 
 def run(args) -> int:
+    from attnviz.analysis.explanations import canonical_method
+    from attnviz.analysis.sanity import METRICS, describe, randomisation_test
     from attnviz.checkpoints import load_checkpoint
     from attnviz.cli.inspect import _load_one
     from attnviz.device import pick_device
-    from attnviz.explanations import canonical_method
-    from attnviz.sanity import METRICS, describe, randomisation_test
 
     methods = [canonical_method(m) for m in args.methods.split(",") if m.strip()]
     if not methods:

@@ -8,9 +8,9 @@ Each study is a module with ``run(budget, out_dir, progress) -> Path`` (the repo
 - ``faithfulness``: deletion/insertion AUC of CAMs, attributions and the modules' own masks for the
   zoo, and a pointing game on a synthetic set with known object locations.
 - ``sanity``: Adebayo et al.'s model- and data-randomisation tests for the explanations and the
-  modules' readouts (:mod:`attnviz.sanity`).
+  modules' readouts (:mod:`attnviz.analysis.sanity`).
 - ``interventions``: the accuracy drop when each site's attention is replaced by its dataset mean or
-  switched off (:mod:`attnviz.interventions`; the SE paper's "role of excitation").
+  switched off (:mod:`attnviz.analysis.interventions`; the SE paper's "role of excitation").
 
 Budgets: ``tiny`` (tests: seconds, on the shipped sample set), ``small`` (the shipped reports: all
 four together within about 90 minutes on 2 CPU cores), ``full`` (GPU-sized). Reports go to

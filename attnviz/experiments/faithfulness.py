@@ -10,12 +10,12 @@ order; at the small budget the shipped sample's 500 test images), we score:
 - maps: Grad-CAM, Grad-CAM++ (pytorch-grad-cam, last stage) and Saliency (captum, |gradient|), plus
   Integrated Gradients (captum, 32 steps, mean-colour baseline) at the full budget only — it costs
   about five times the other three together on a CPU (measured: 276 vs 54 CPU-seconds for Grad-CAM on
-  500 images + 200 mosaics) — all through :func:`attnviz.explanations.explain`; the modules' own spatial
-  masks where the model has them (:func:`attnviz.faithfulness.module_masks`, each site's mask min-max
+  500 images + 200 mosaics) — all through :func:`attnviz.analysis.explanations.explain`; the modules' own spatial
+  masks where the model has them (:func:`attnviz.analysis.faithfulness.module_masks`, each site's mask min-max
   scaled per image, then averaged over sites: "module mask"); and two controls that know nothing about
   the model — ``random`` (uniform noise, seeded) and ``centre`` (a centred Gaussian, sigma = side/4,
   i.e. "objects in CIFAR are in the middle").
-- deletion and insertion AUC (:func:`attnviz.faithfulness.deletion_insertion`, Petsiuk et al. 2018): the
+- deletion and insertion AUC (:func:`attnviz.analysis.faithfulness.deletion_insertion`, Petsiuk et al. 2018): the
   predicted class's probability as the most salient pixels are removed (mean colour; lower = more
   faithful) or inserted into a blurred copy (higher = more faithful), trapezoid rule over ``steps``
   equal steps. Each method is compared with Grad-CAM per image (paired difference, mean ± 2 standard
@@ -108,15 +108,15 @@ def control_maps(kind: str, batch: int, height: int, width: int, seed: int) -> n
 
 
 def has_spatial_mask(model) -> bool:
-    from attnviz.probes import attention_sites
+    from attnviz.analysis.probes import attention_sites
 
     return any(m.spatial_mask_tap for m in attention_sites(model).values())
 
 
 def maps_for(kind: str, model, x: torch.Tensor, targets, seed: int) -> np.ndarray:
     """[B, H, W] maps of ``kind`` for images ``x`` (preprocessed) and target classes ``targets``."""
-    from attnviz.explanations import explain
-    from attnviz.faithfulness import module_masks
+    from attnviz.analysis.explanations import explain
+    from attnviz.analysis.faithfulness import module_masks
 
     if kind in CONTROLS:
         return control_maps(kind, x.shape[0], x.shape[2], x.shape[3], seed)
@@ -177,9 +177,9 @@ def pointing_set(images: torch.Tensor, labels: torch.Tensor, seed: int = 0):
 
 def evaluate_kind(model, card: dict, kind: str, images: torch.Tensor, labels: torch.Tensor,
                   point_images: torch.Tensor, point_labels: torch.Tensor, steps: int, seed: int = 0) -> dict:
+    from attnviz.analysis.faithfulness import deletion_insertion
     from attnviz.data import preprocess
     from attnviz.experiments.metrics import pointing_hit
-    from attnviz.faithfulness import deletion_insertion
 
     mean, std = card["mean"], card["std"]
     deletion, insertion, predicted_all = [], [], []

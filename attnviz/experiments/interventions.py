@@ -3,7 +3,7 @@
 Hu et al. (SENet) look at the excitations of each block and argue that the last stage's are nearly
 class-agnostic and matter less; they support it by removing the last stage's SE blocks and retraining.
 Here nothing is retrained: for every CIFAR-10 checkpoint of the zoo with overridable attention
-(:mod:`attnviz.interventions`: SE, SE-FeLU, ECA, CBAM, BAM, SGE, LGAM's spatial mask) each site's
+(:mod:`attnviz.analysis.interventions`: SE, SE-FeLU, ECA, CBAM, BAM, SGE, LGAM's spatial mask) each site's
 attention is, on its own,
 
 - replaced by its **dataset mean** (channel weights by their mean vector [C], spatial masks by their
@@ -75,7 +75,7 @@ BUDGETS = {
 
 def _site_interventions(sites: dict, means: dict, how: str) -> dict[str, list]:
     """site -> the interventions that replace all of its overridable readouts (``how`` = mean | ones)."""
-    from attnviz.interventions import Intervention
+    from attnviz.analysis.interventions import Intervention
 
     out = {}
     for site, info in sites.items():
@@ -96,8 +96,14 @@ def _row(stats: dict) -> dict:
 
 
 def evaluate_model(model, card: dict, dataset, plan: InterventionsBudget) -> dict:
+    from attnviz.analysis.interventions import (
+        Intervention,
+        accuracy_with,
+        intervention_sites,
+        predict,
+        readout_means,
+    )
     from attnviz.data import preprocess
-    from attnviz.interventions import Intervention, accuracy_with, intervention_sites, predict, readout_means
 
     test = dataset.subset(train_per_class=plan.mean_per_class, test_per_class=plan.test_per_class)
     x = preprocess(test.test_images, card["mean"], card["std"])
@@ -129,9 +135,9 @@ def evaluate_model(model, card: dict, dataset, plan: InterventionsBudget) -> dic
 
 
 def run(budget: str = "small", out_dir="reports", progress: Progress | None = None, *, checkpoint_dirs=None):
+    from attnviz.analysis.interventions import intervention_sites
     from attnviz.checkpoints import load_checkpoint
     from attnviz.experiments.faithfulness import usable_checkpoints
-    from attnviz.interventions import intervention_sites
 
     plan, study, dataset, data_label = open_study(STUDY, TITLE, BUDGETS, budget, out_dir, progress)
     progress = study.progress

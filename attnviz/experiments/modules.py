@@ -123,8 +123,8 @@ def spatial_saturation(model, dataset, images: int = 200) -> dict:
     """
     import torch
 
+    from attnviz.analysis.probes import probe
     from attnviz.data import preprocess
-    from attnviz.probes import probe
 
     if not any(getattr(m, "attn_kind", None) == "lgam" for m in model.modules()):
         return {}

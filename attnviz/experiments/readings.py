@@ -319,7 +319,7 @@ def reading_for(report: dict) -> str:
 
 def sanity_reading(summary: dict) -> str:
     """``summary`` as built by ``attnviz.experiments.sanity.summarise`` (plus ``data_randomisation``)."""
-    from attnviz.sanity import FAIL_AT, PASS_BELOW
+    from attnviz.analysis.sanity import FAIL_AT, PASS_BELOW
 
     methods = summary.get("methods") or {}
     models = summary.get("models") or {}

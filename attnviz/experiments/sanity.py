@@ -4,7 +4,7 @@ For every CIFAR-10 checkpoint that ``attnviz.checkpoints.list_checkpoints()`` fi
 pictures (the first k test images of each class, stored order; at the small budget from the shipped
 sample set unless ``$ATTNVIZ_EXPERIMENT_CIFAR10`` names another CIFAR-10 source):
 
-- the **cascading** model-parameter randomisation test (:func:`attnviz.sanity.randomisation_test`):
+- the **cascading** model-parameter randomisation test (:func:`attnviz.analysis.sanity.randomisation_test`):
   re-initialise from the logits down, stage by stage (block by block at the full budget), and at every
   depth compare every method's map with the trained model's (Spearman rank correlation of the map and
   of |map|, SSIM of the heat maps) and every attention readout's rank correlation;
@@ -14,7 +14,7 @@ sample set unless ``$ATTNVIZ_EXPERIMENT_CIFAR10`` names another CIFAR-10 source)
   no weight decay, so the shuffled model can memorise); the maps of the two for the same pictures and
   classes should differ if a method depends on what the labels taught the model.
 
-Verdicts use the thresholds of :mod:`attnviz.sanity` (mean rank correlation of |map| with the whole
+Verdicts use the thresholds of :mod:`attnviz.analysis.sanity` (mean rank correlation of |map| with the whole
 network random: < 0.2 changes = passes, >= 0.5 barely changes = fails). Every unit's config names the
 checkpoint and the sha256 of its weights, so the report says exactly which weights it measured and a
 rerun with other weights recomputes.
@@ -110,8 +110,8 @@ def _summary_numbers(result) -> dict:
 
 
 def sanity_unit(model, card: dict, images: torch.Tensor, plan: SanityBudget, mode: str, keep_strip: bool) -> dict:
+    from attnviz.analysis.sanity import randomisation_test
     from attnviz.data import preprocess
-    from attnviz.sanity import randomisation_test
 
     x = preprocess(images, card["mean"], card["std"])
     result = randomisation_test(model, x, methods=plan.methods_for(mode), mode=mode, granularity=plan.granularity,
@@ -145,9 +145,9 @@ def _shuffled(dataset, seed: int):
 
 def data_randomisation_unit(plan: SanityBudget, images: torch.Tensor, work_dir, device) -> dict:
     """Train the true-label and the shuffled-label model, then compare their maps (one unit)."""
+    from attnviz.analysis.sanity import compare_models
     from attnviz.data import load_dataset, preprocess
     from attnviz.experiments.training import train_unit
-    from attnviz.sanity import compare_models
     from attnviz.training import Recipe
 
     d = plan.data_randomisation
@@ -254,7 +254,7 @@ def _final(step: dict, method: str, metric: str = "spearman_abs"):
 
 def summarise(results: dict) -> dict:
     """Per model: the cascading curve and the verdicts; per method: how many models pass / fail."""
-    from attnviz.sanity import verdict
+    from attnviz.analysis.sanity import verdict
 
     per_model, per_method = {}, {}
     for name, r in results.items():
@@ -324,8 +324,8 @@ def _readout_rows(results: dict) -> list[list]:
 
 def _write_report(study: StudyRun, plan: SanityBudget, data_label: str, results: dict, data_random: dict | None,
                   used: list[dict], strip_model: str | None, device):
+    from attnviz.analysis.sanity import FAIL_AT, PASS_BELOW
     from attnviz.experiments.readings import sanity_reading
-    from attnviz.sanity import FAIL_AT, PASS_BELOW
 
     summary = summarise(results)
     summary["data_randomisation"] = data_random

@@ -40,7 +40,7 @@ class AttentionModule(nn.Module):
       what passed through that tap. The default suits a channel gate and/or a spatial mask.
     - ``channel_gate_tap`` / ``spatial_mask_tap`` / ``branch_weights_tap``: the tap attribute holding the
       module's overridable channel weights [B, C], spatial mask [B, 1|G|C, H, W] or branch weights
-      (``attnviz.interventions``), or None when it has none.
+      (``attnviz.analysis.interventions``), or None when it has none.
     - ``records_input_norm``: the probe also records the per-image L2 norm of the module's input.
     - ``feature_taps``: taps holding full feature maps, dropped from a probe unless asked for.
     - ``channels_last_on_cpu_bf16``: False when this module trains slower in channels_last under bf16

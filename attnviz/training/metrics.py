@@ -6,8 +6,8 @@ agree exactly. Per epoch, the test split is evaluated on the training device in 
 (a monitor, labelled as such in the history).
 
 Attention statistics (per epoch, on a fixed probe batch = the first ``probe_size`` test images) come
-from one :func:`attnviz.probes.probe` call: the fraction of dead SE excitation units
-(:func:`attnviz.probes.dead_units`, FeLU paper), the mean channel weight of every site that has
+from one :func:`attnviz.analysis.probes.probe` call: the fraction of dead SE excitation units
+(:func:`attnviz.analysis.probes.dead_units`, FeLU paper), the mean channel weight of every site that has
 channel weights, and Interflow's branch weights.
 """
 
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnviz.analysis.probes import dead_units, probe
 from attnviz.data import preprocess
 from attnviz.locks import borrowed
-from attnviz.probes import dead_units, probe
 
 EVAL_BATCH = 500
 

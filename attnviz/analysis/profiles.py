@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnviz.analysis.probes import probe
 from attnviz.device import model_device
 from attnviz.errors import AttnvizError
-from attnviz.probes import probe
 
 
 @dataclass

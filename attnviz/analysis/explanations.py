@@ -1,7 +1,7 @@
 """Explanations behind one call: CAMs (pytorch-grad-cam) and attributions (captum).
 
-(How faithful a map is: :mod:`attnviz.faithfulness`; class-wise excitation profiles:
-:mod:`attnviz.profiles`.)
+(How faithful a map is: :mod:`attnviz.analysis.faithfulness`; class-wise excitation profiles:
+:mod:`attnviz.analysis.profiles`.)
 
 ``explain(models, images, target, method, layer)`` returns one ``Explanation`` per (model, image,
 target[, Interflow branch]): a heat map in [0, 1] at input resolution, the raw map, the class

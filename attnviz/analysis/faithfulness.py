@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnviz.analysis.probes import probe
 from attnviz.device import model_device
 from attnviz.errors import AttnvizError
 from attnviz.locks import borrowed
-from attnviz.probes import probe
 
 
 def _predict_probs(model: nn.Module, batches: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -156,7 +156,7 @@ def module_masks(model: nn.Module, x: torch.Tensor, normalise: bool = False) -> 
     """The attention modules' own spatial masks, upsampled (bilinear) to the input size: site -> [B, H, W].
 
     LGAM M_spat, CBAM M_s, BAM's gate averaged over channels, SGE's per-group gates averaged over
-    groups (see ``attnviz.probes``). Values are the modules' own (sigmoid outputs, in [0, 1]); with
+    groups (see ``attnviz.analysis.probes``). Values are the modules' own (sigmoid outputs, in [0, 1]); with
     ``normalise`` each map is min-max scaled per image. Pass them to ``deletion_insertion`` / ``road``
     to ask whether a module's mask or a CAM is the more faithful explanation.
     """

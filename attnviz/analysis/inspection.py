@@ -5,9 +5,9 @@
   see), ``display`` (``DISPLAY_SIDE`` px on its long side: what heat maps are drawn on) and
   ``thumbnail`` (``display`` in a square). A bad file gets ``error`` (one sentence) and never raises.
 - :func:`inspect_picture` runs one model on one picture: the probe (probabilities and one summary per
-  attention site), the heat maps of ``method`` (``attnviz.explanations.explain``), optionally their
+  attention site), the heat maps of ``method`` (``attnviz.analysis.explanations.explain``), optionally their
   deletion/insertion scores and the attention modules' own spatial masks with theirs
-  (``attnviz.faithfulness``). The result is an :class:`Inspection` of plain arrays: the app caches it per
+  (``attnviz.analysis.faithfulness``). The result is an :class:`Inspection` of plain arrays: the app caches it per
   (model, picture, settings), the CLI prints it.
 - :func:`heat_map_png` draws a map over a picture (``attnviz.overlay``).
 
@@ -26,13 +26,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from attnviz.analysis.explanations import Explanation, explain
+from attnviz.analysis.faithfulness import deletion_insertion, module_masks
+from attnviz.analysis.probes import probe
 from attnviz.device import model_device
 from attnviz.errors import ImageError
-from attnviz.explanations import Explanation, explain
-from attnviz.faithfulness import deletion_insertion, module_masks
 from attnviz.images import letterbox, preprocess, read_image
 from attnviz.overlay import DEFAULT_COLORMAP, overlay_png
-from attnviz.probes import probe
 
 DISPLAY_SIDE = 224  # pictures are shown at this size (CIFAR's 32 px enlarged, photos reduced)
 SOURCE_MAX_SIDE = 512  # the copy kept as the models' input; the full upload is not kept in memory
@@ -131,7 +131,7 @@ def inspect_picture(model: nn.Module, card: dict, image: Image.Image, *, method:
                     masks: bool = False, branches: bool = False, name: str = "model") -> Inspection:
     """Run ``model`` (with its ``card``'s preprocessing) on one PIL ``image``; see the module docstring.
 
-    ``target``, ``method`` and ``layer`` are :func:`attnviz.explanations.explain`'s; ``branches`` adds
+    ``target``, ``method`` and ``layer`` are :func:`attnviz.analysis.explanations.explain`'s; ``branches`` adds
     one map per Interflow branch. Raises ``AttnvizError`` (one sentence) for a bad target, layer or method.
     """
     x = preprocess(image, card).to(model_device(model))

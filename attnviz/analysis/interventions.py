@@ -8,8 +8,8 @@ in ``finally`` (also when the block raises) every hook is removed. Parameters, b
 never written, so outputs afterwards are bit-identical to outputs before. The hooks act only in the
 thread that entered the block, which holds ``attnviz.locks.model_lock(model)`` for the whole block:
 another thread's plain inference on the same shared model is unaffected, and two threads never
-intervene on one model at once. Probes (``attnviz.probes.probe``) and explanations
-(``attnviz.explanations.explain``) run inside the block see the overridden values.
+intervene on one model at once. Probes (``attnviz.analysis.probes.probe``) and explanations
+(``attnviz.analysis.explanations.explain``) run inside the block see the overridden values.
 
 Methods, by part of a site (site = the attention module's qualified name, e.g. ``layer2.1.attn``):
 
@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnviz.analysis.explanations import explain
+from attnviz.analysis.probes import attention_sites, probe
 from attnviz.errors import AttnvizError
-from attnviz.explanations import explain
 from attnviz.locks import model_lock
-from attnviz.probes import attention_sites, probe
 
 CHANNEL_METHODS = ("channel_ones", "channel_mean", "channel_class_mean", "channel_zero_topk")
 SPATIAL_METHODS = ("spatial_ones", "spatial_mean")
@@ -156,7 +156,7 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
 
 def _plan(model: nn.Module, intervention: Intervention) -> _Plan:
     if not isinstance(intervention, Intervention):
-        raise AttnvizError("each intervention must be an attnviz.interventions.Intervention")
+        raise AttnvizError("each intervention must be an attnviz.analysis.interventions.Intervention")
     sites = attention_sites(model)
     site, method = intervention.site, intervention.method
     if site not in sites:

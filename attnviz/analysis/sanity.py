@@ -13,8 +13,8 @@ which may be a shared cached one, is never modified; the copy is taken under
 - **independent**: re-initialise each step alone, everything else trained.
 
 At every step, for the same pictures and the same target classes (the trained model's predictions),
-every explanation method (``attnviz.explanations.explain``) and every attention readout
-(``attnviz.probes.probe``) is recomputed and compared with the trained model's:
+every explanation method (``attnviz.analysis.explanations.explain``) and every attention readout
+(``attnviz.analysis.probes.probe``) is recomputed and compared with the trained model's:
 
 - ``spearman``: Spearman rank correlation of the signed raw map (``Explanation.raw``: the CAM before
   its ReLU at the layer's resolution; the colour-summed attribution at input resolution), per image;
@@ -55,13 +55,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnviz.analysis.explanations import canonical_method, explain
+from attnviz.analysis.probes import probe
+from attnviz.analysis.similarity import map_similarity, rank_correlations, spearman, ssim  # noqa: F401 (public here too)
 from attnviz.errors import AttnvizError
-from attnviz.explanations import canonical_method, explain
 from attnviz.layers.taps import AttentionModule
 from attnviz.locks import model_lock
 from attnviz.models.registry import create_model
-from attnviz.probes import probe
-from attnviz.similarity import map_similarity, rank_correlations, spearman, ssim  # noqa: F401 (public here too)
 
 MODES = ("cascading", "independent")
 GRANULARITIES = ("stage", "block")
