@@ -332,6 +332,25 @@ def untrained_warning(models: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------- interventions
+def _intervention_row(effect: dict, index: int, item, class_names: list[str], *, key: str) -> bool:
+    """One picture before and after an intervention (maps and top classes); True if its prediction changed."""
+    import services
+
+    before, after = effect["probs_before"][index], effect["probs_after"][index]
+    target = effect["targets"][index]
+    new = int(np.argmax(after))
+    c_before, c_after, c_bars = st.columns([1, 1, 2])
+    c_before.image(services.overlay_png(item.display, effect["heatmaps_before"][index], "jet", 0.5),
+                   caption=f"before · {class_names[target]} {before[target]:.0%}", width="stretch")
+    said = (f"{class_names[new]} {after[new]:.0%}" if new == target
+            else f"now says {class_names[new]} {after[new]:.0%} · {class_names[target]} {after[target]:.0%}")
+    c_after.image(services.overlay_png(item.display, effect["heatmaps_after"][index], "jet", 0.5),
+                  caption=f"after · {said}", width="stretch")
+    c_bars.plotly_chart(topk_figure({"before": before, "after": after}, class_names, ["#64748b", "#c2410c"], k=4),
+                        key=f"{key}_iv_bars_{index}")
+    return new != target
+
+
 @st.fragment
 def intervention_panel(models: list[dict], pictures: list[dict], *, key: str) -> None:
     """Pick a model, an attention site and an intervention; see each picture's prediction and Grad-CAM
@@ -379,21 +398,7 @@ def intervention_panel(models: list[dict], pictures: list[dict], *, key: str) ->
         st.error(str(err))
         return
     class_names = effect["class_names"] or [str(i) for i in range(effect["probs_before"].shape[1])]
-    changed = 0
-    for index, item in enumerate(pictures):
-        before, after = effect["probs_before"][index], effect["probs_after"][index]
-        target = effect["targets"][index]
-        new = int(np.argmax(after))
-        changed += int(new != target)
-        c_before, c_after, c_bars = st.columns([1, 1, 2])
-        c_before.image(services.overlay_png(item.display, effect["heatmaps_before"][index], "jet", 0.5),
-                       caption=f"before · {class_names[target]} {before[target]:.0%}", width="stretch")
-        said = (f"{class_names[new]} {after[new]:.0%}" if new == target
-                else f"now says {class_names[new]} {after[new]:.0%} · {class_names[target]} {after[target]:.0%}")
-        c_after.image(services.overlay_png(item.display, effect["heatmaps_after"][index], "jet", 0.5),
-                      caption=f"after · {said}", width="stretch")
-        c_bars.plotly_chart(topk_figure({"before": before, "after": after}, class_names, ["#64748b", "#c2410c"], k=4),
-                            key=f"{key}_iv_bars_{index}")
+    changed = sum(_intervention_row(effect, index, item, class_names, key=key) for index, item in enumerate(pictures))
     st.caption(f"{effect['describe']} ({model['name']}): the prediction changed for {changed} of {len(pictures)} "
                "picture(s). Left: Grad-CAM of the unchanged model; middle: the same class's Grad-CAM with the "
                "intervention; right: the top classes before and after.")

@@ -87,6 +87,35 @@ st.caption("Top-5 classes of each model for each picture: look for models that a
 st.subheader("Where each model looks")
 
 
+def model_cell(col, item, row: int, m: dict, inspection, colormap: str, opacity: float, mask_site: str) -> list[dict]:
+    """One model's maps for one picture (and its module mask), drawn in ``col``; returns them for the report."""
+    figures = []
+    for j, e in enumerate(inspection.own_maps):
+        png = services.overlay_png(item.display, e.heatmap, colormap, opacity)
+        label = class_names[e.target] if e.target < len(class_names) else str(e.target)
+        text = f"{label} · p={e.target_prob:.2f}"
+        if inspection.scores is not None:
+            score = inspection.scores[j]
+            text += f" · deletion {score.deletion:.3f} · insertion {score.insertion:.3f}"
+        col.image(png, caption=text, width=ui.GRID_IMAGE_WIDTH)
+        col.download_button("PNG", png, file_name=f"{item.name}-{m['name']}-{method}-{label}.png",
+                            mime="image/png", key=f"dl_{row}_{m['id']}_{j}", icon=":material/download:",
+                            on_click="ignore")
+        figures.append({"png": png, "row": item.name, "column": m["name"], "caption": text})
+    if show_masks:
+        sites = list(inspection.masks or {})
+        if not sites:
+            col.caption("no spatial mask: this model's modules are channel-only")
+            return figures
+        site = sites[-1] if mask_site == "deepest site" else sites[0]
+        reading = inspection.masks[site]
+        png = services.overlay_png(item.display, reading.mask, colormap, opacity)
+        text = f"mask {site} · deletion {reading.deletion:.3f} · insertion {reading.insertion:.3f}"
+        col.image(png, caption=text, width=ui.GRID_IMAGE_WIDTH)
+        figures.append({"png": png, "row": item.name, "column": f"{m['name']} mask {site}", "caption": text})
+    return figures
+
+
 @st.fragment
 def heat_map_grid() -> None:
     """Display settings only: changing them redraws this part and runs no model."""
@@ -118,30 +147,7 @@ def heat_map_grid() -> None:
             if m["id"] not in results:
                 col.caption("no result (see the message above)")
                 continue
-            inspection = results[m["id"]][index]
-            for j, e in enumerate(inspection.own_maps):
-                png = services.overlay_png(item.display, e.heatmap, colormap, opacity)
-                label = class_names[e.target] if e.target < len(class_names) else str(e.target)
-                text = f"{label} · p={e.target_prob:.2f}"
-                if inspection.scores is not None:
-                    score = inspection.scores[j]
-                    text += f" · deletion {score.deletion:.3f} · insertion {score.insertion:.3f}"
-                col.image(png, caption=text, width=ui.GRID_IMAGE_WIDTH)
-                col.download_button("PNG", png, file_name=f"{item.name}-{m['name']}-{method}-{label}.png",
-                                    mime="image/png", key=f"dl_{row}_{m['id']}_{j}", icon=":material/download:",
-                                    on_click="ignore")
-                figures.append({"png": png, "row": item.name, "column": m["name"], "caption": text})
-            if show_masks:
-                sites = list(inspection.masks or {})
-                if not sites:
-                    col.caption("no spatial mask: this model's modules are channel-only")
-                    continue
-                site = sites[-1] if mask_site == "deepest site" else sites[0]
-                reading = inspection.masks[site]
-                png = services.overlay_png(item.display, reading.mask, colormap, opacity)
-                text = f"mask {site} · deletion {reading.deletion:.3f} · insertion {reading.insertion:.3f}"
-                col.image(png, caption=text, width=ui.GRID_IMAGE_WIDTH)
-                figures.append({"png": png, "row": item.name, "column": f"{m['name']} mask {site}", "caption": text})
+            figures += model_cell(col, item, row, m, results[m["id"]][index], colormap, opacity, mask_site)
     st.caption("Heat maps are scaled to [0, 1] per map with one colour scale for every model; module masks "
                "are shown on their own [0, 1] values. Deletion (lower is better) and insertion (higher is "
                "better) measure how fast the class probability falls or rises when the hottest pixels go or come.")
