@@ -55,7 +55,7 @@ def _table_row(card: dict) -> str:
     flops_text = f"{flops / 1e6:.1f}" if isinstance(flops, (int, float)) else "?"
     acc_text = "n/a" if acc is None else f"{100 * acc:.2f}%{flag}"
     return (f"| {card.get('name')} | `{card.get('spec')}` | {_fmt_int(card.get('params'))} | {flops_text} | "
-            f"{acc_text} | {100 * bar:.0f}% | {time_text} | {epochs_text} | {card.get('status', '?')} |")
+            f"{acc_text} | {100 * bar:g}% | {time_text} | {epochs_text} | {card.get('status', '?')} |")
 
 
 def _recipe_notes(cards: list[dict], data: str) -> list[str]:
