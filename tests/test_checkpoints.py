@@ -175,7 +175,7 @@ def test_bad_names_refused(tmp_path):
 
 
 def test_one_home_rule_for_runs_caches_and_jobs(monkeypatch, tmp_path):
-    from attnviz import jobs
+    from attnviz import archives, jobs
     from attnviz.catalog import cache_dir
     from attnviz.paths import attnviz_home, runs_dir
 
@@ -183,4 +183,4 @@ def test_one_home_rule_for_runs_caches_and_jobs(monkeypatch, tmp_path):
     assert attnviz_home() == Path.home() / ".attnviz"
     monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path))
     assert runs_dir() == tmp_path / "runs" == jobs.runs_dir() and cache_dir() == tmp_path / "cache"
-    assert jobs.attnviz_home is attnviz_home
+    assert archives.attnviz_home is attnviz_home and archives.uploads_dir() == tmp_path / "uploads"

@@ -566,6 +566,17 @@ def test_zoo_takes_shipped_and_handed_off_main_schedule_runs_into_the_averaging_
     assert json.loads((shipped / "resnet20-se.json").read_text())["recipe"]["average_epochs"] == 1
 
 
+def test_shipping_outside_the_repository_never_touches_its_golden_files(tiny, tmp_path):
+    from attnviz.golden import GOLDEN_DIR
+    from attnviz.zoo import ship
+
+    before = {path.name: path.read_bytes() for path in GOLDEN_DIR.glob("*.json")}
+    result = train("resnet20", tiny, Recipe(**{**TINY, "epochs": 1}), tmp_path / "stage", device="cpu")
+    ship(result.checkpoint, tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "resnet20.json").exists()
+    assert {path.name: path.read_bytes() for path in GOLDEN_DIR.glob("*.json")} == before
+
+
 def test_cyclic_averaging_lr_falls_within_each_epoch_and_cards_without_the_phase_are_unchanged():
     recipe = Recipe(epochs=2, average_epochs=2, average_lr=0.05, average_schedule="cyclic")
     total = 2 * 10  # 10 steps per epoch

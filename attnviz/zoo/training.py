@@ -17,9 +17,15 @@ from attnviz.zoo.readme import write_readme
 
 
 def ship(card_path: str | Path, ship_to: str | Path, golden_dir: str | Path | None = None) -> Path:
-    """Copy a finished checkpoint (weights, then card) into ``ship_to`` and write its golden logits."""
+    """Copy a finished checkpoint (weights, then card) into ``ship_to`` and write its golden logits.
+
+    The golden logits go to ``golden_dir``; without one, to the repository's ``tests/golden`` only when
+    ``ship_to`` is the repository's own ``checkpoints/`` (shipping anywhere else must not touch the
+    tests of the shipped zoo), else nowhere.
+    """
     from attnviz.checkpoints import atomic_write_bytes
     from attnviz.golden import GOLDEN_DIR, write_golden
+    from attnviz.paths import SHIPPED_DIR
 
     card_path = Path(card_path)
     target = Path(ship_to)
@@ -32,7 +38,10 @@ def ship(card_path: str | Path, ship_to: str | Path, golden_dir: str | Path | No
     atomic_write_bytes(target / weights.name, weights.read_bytes())
     # the card last: it names the weights' hash
     atomic_write_bytes(target / card_path.name, (json.dumps(card, indent=2) + "\n").encode("utf-8"))
-    write_golden(target / card_path.name, golden_dir or GOLDEN_DIR)
+    if golden_dir is None and target.resolve() == SHIPPED_DIR.resolve():
+        golden_dir = GOLDEN_DIR
+    if golden_dir is not None:
+        write_golden(target / card_path.name, golden_dir)
     return target / card_path.name
 
 
