@@ -463,8 +463,7 @@ class _Run:
             if position is not None:
                 write_state(self.state_path, self.net, self.optimizer, {
                     "name": self.name, "spec": self.spec, "dataset": portable_dataset_name(self.data.name),
-                    "recipe": self.recipe.to_dict() | {"lr": self.recipe.lr} | (
-                        {"average_lr": self.recipe.average_lr} if self.recipe.average_epochs else {}),
+                    "recipe": self.recipe.to_state(),
                     "epoch": position[0], "averaged": self.average.count,
                     "step": position[1], "world_size": self.ranks.world, "history": self.history,
                     "train_time_s": self.train_time, "mean": list(self.mean), "std": list(self.std),

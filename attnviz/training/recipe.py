@@ -136,6 +136,17 @@ class Recipe:
                 out.pop(key)
         return out
 
+    def to_state(self) -> dict:
+        """The recipe as a resume state keeps it: lr and average_lr as given (None stays None, so a
+        resumed run resolves them exactly as the first process did)."""
+        return self.to_dict() | {"lr": self.lr} | ({"average_lr": self.average_lr} if self.average_epochs else {})
+
+    def same_main_schedule(self, other: Recipe) -> bool:
+        """Equal in everything but the weight-averaging phase."""
+        def main(recipe: Recipe) -> dict:
+            return {k: v for k, v in recipe.to_dict().items() if not k.startswith("average_")}
+        return main(self) == main(other)
+
     @classmethod
     def from_dict(cls, values: dict) -> Recipe:
         known = {f.name for f in dataclasses.fields(cls)}

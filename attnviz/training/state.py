@@ -161,14 +161,12 @@ def continue_into_averaging(card_path: Path, target: Path, recipe) -> bool:
         card_recipe = Recipe.from_dict(dict(card.get("recipe") or {}))
     except (AttnvizError, TypeError, ValueError):  # unreadable, or a recipe field this version lacks
         return False
-    main = {k: v for k, v in recipe.to_dict().items() if not k.startswith("average_")}
-    if (card.get("status") != "complete" or card_recipe.average_epochs
-            or {k: v for k, v in card_recipe.to_dict().items() if not k.startswith("average_")} != main):
+    if card.get("status") != "complete" or card_recipe.average_epochs or not card_recipe.same_main_schedule(recipe):
         return False
     model, card = load_checkpoint(card_path)
     meta = {
         "name": card["name"], "spec": card["spec"], "dataset": portable_dataset_name(str(card.get("dataset", ""))),
-        "recipe": recipe.to_dict() | {"lr": recipe.lr, "average_lr": recipe.average_lr},  # None stays None
+        "recipe": recipe.to_state(),
         "epoch": recipe.epochs, "step": 0, "averaged": 0, "world_size": 1,
         "history": list(card.get("history") or []), "train_time_s": float(card.get("train_time_s") or 0.0),
         "mean": list(card.get("mean") or []), "std": list(card.get("std") or []),
@@ -192,9 +190,8 @@ def adopt_averaging(path: Path, recipe) -> bool:
         saved = Recipe.from_dict(dict(meta["recipe"]))
     except (AttnvizError, TypeError, KeyError):
         return False
-    main = {k: v for k, v in recipe.to_dict().items() if not k.startswith("average_")}
-    if saved.average_epochs or {k: v for k, v in saved.to_dict().items() if not k.startswith("average_")} != main:
+    if saved.average_epochs or not saved.same_main_schedule(recipe):
         return False
-    meta["recipe"] = recipe.to_dict() | {"lr": recipe.lr, "average_lr": recipe.average_lr}
+    meta["recipe"] = recipe.to_state()
     atomic_write_bytes(path, save(tensors, metadata={"attnviz_state": json.dumps(meta, allow_nan=True)}))
     return True
