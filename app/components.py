@@ -266,29 +266,20 @@ def score_rows(models: list[dict], results: dict, pictures: list, class_names: l
     return rows
 
 
-def thumbnail_uri(picture, side: int = 64) -> str:
-    """A small PNG data URI of a picture's square thumbnail (for an image column of a table)."""
-    import base64
-    import io
-
-    buffer = io.BytesIO()
-    picture.thumbnail.resize((side, side)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def prediction_rows(pictures: list, models: list[dict], probs: dict[str, np.ndarray],
                     class_names: dict[str, list[str]]) -> list[dict]:
-    """One row per picture: its thumbnail, then each model's top class and probability (``probs[id]``: [N, K])."""
+    """One row per model (as in the zoo table), one column per picture: its top class and probability
+    (``probs[model id]``: [pictures, classes]); the columns are named by the pictures (unique)."""
+    names = _unique_names([picture.name for picture in pictures])
     rows = []
-    for index, picture in enumerate(pictures):
-        row = {"picture": thumbnail_uri(picture), "name": picture.name}
-        for model in models:
-            if model["id"] not in probs:
-                continue
-            p = probs[model["id"]][index]
+    for model in models:
+        if model["id"] not in probs:
+            continue
+        row = {"model": model["name"], "test acc %": None if model["test_acc"] is None else 100 * model["test_acc"]}
+        labels = class_names.get(model["id"]) or []
+        for name, p in zip(names, probs[model["id"]], strict=True):
             top = int(np.argmax(p))
-            names = class_names.get(model["id"]) or []
-            row[model["name"]] = f"{names[top] if top < len(names) else top} · {p[top]:.0%}"
+            row[name] = f"{labels[top] if top < len(labels) else top} · {p[top]:.0%}"
         rows.append(row)
     return rows
 

@@ -63,10 +63,13 @@ if pictures:
             class_names[r["id"]] = services.load_model(r["id"])[1].get("class_names") or []
         except services.user_errors() as err:
             st.warning(f"{r['name']}: {err}")
+    for column, picture in zip(st.columns(max(len(pictures), 6)), pictures, strict=False):
+        column.image(picture.thumbnail, caption=picture.name, width="stretch")
     st.dataframe(ui.prediction_rows(pictures, trained, probs, class_names), hide_index=True,
-                 column_config={"picture": st.column_config.ImageColumn("picture", width="small")},
+                 column_config={"test acc %": st.column_config.NumberColumn("test acc %", format="%.2f")},
                  key="zoo_predictions")
-    st.caption("Top class and its probability per model. The models learned CIFAR-10's ten classes on 32×32 "
+    st.caption("Top class and its probability, one row per trained model, one column per picture. The models "
+               "learned CIFAR-10's ten classes on 32×32 "
                "pictures: anything else (a face, a cup) still gets one of those ten names.")
 
 if not chosen:

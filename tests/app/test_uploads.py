@@ -121,8 +121,8 @@ def test_zoo_latency_and_sidebar_latency_are_one_measurement(app):
 
 
 def _predictions_table(at):
-    """The Zoo page's table of predictions on the pictures (the zoo table itself has no 'name' column)."""
-    return next(frame.value for frame in at.dataframe if "name" in frame.value.columns)
+    """The Zoo page's table of predictions on the pictures (the zoo table itself has no 'test acc %' first)."""
+    return next(frame.value for frame in at.dataframe if list(frame.value.columns)[:2] == ["model", "test acc %"])
 
 
 @pytest.mark.slow  # runs models (seconds each on 2 shared cores)
@@ -140,14 +140,14 @@ def test_a_picture_given_on_one_page_is_shown_on_every_picture_page_until_forgot
 
     table = _predictions_table(at)
     trained = [r["name"] for r in services.zoo_rows() if r["trained"]]
-    assert list(table["name"]) == ["mine.png"] and set(trained) <= set(table.columns)
-    assert all(" · " in str(table[name][0]) and str(table[name][0]).endswith("%") for name in trained)
+    assert list(table.columns) == ["model", "test acc %", "mine.png"] and list(table["model"]) == trained
+    assert all(" · " in cell and cell.endswith("%") for cell in table["mine.png"])
     # forgotten: every page is back on the gallery's pictures and the uploader is empty again
     at.switch_page("views/lgam.py").run()
     at.button(key="lgam_forget").click().run()
     assert "mine.png" not in " ".join(_captions(at))
     at.switch_page("views/zoo.py").run()
-    assert "mine.png" not in list(_predictions_table(at)["name"])
+    assert "mine.png" not in _predictions_table(at).columns
 
 
 @pytest.mark.slow  # runs models (seconds each on 2 shared cores)
