@@ -8,6 +8,7 @@ inside `app/services/` when a page first needs them, so the first paint stays fa
 
 import streamlit as st
 
+import profiling
 import services
 
 st.set_page_config(page_title="attnviz", page_icon=":material/visibility:", layout="wide")
@@ -34,5 +35,7 @@ page = st.navigation(
         ],
     }
 )
-services.sidebar()  # the shared model choice and device line, drawn once for every page
-page.run()
+with profiling.rerun(page.title):  # off unless ATTNVIZ_PROFILE names a file (benchmarks/app_load.py)
+    with profiling.phase("sidebar"):
+        services.sidebar()  # the shared model choice and device line, drawn once for every page
+    page.run()

@@ -5,17 +5,20 @@ faithfulness metric) holds ``model_lock(model)`` for the whole call. pytorch-gra
 hook objects and calls ``zero_grad``/``backward`` on the model, and forward hooks registered by one
 thread would also see another thread's forward pass, so such calls must not interleave.
 
-The lock is a re-entrant ``threading.RLock`` (``explain`` holds it and calls ``probe`` which takes it
+The lock is a re-entrant lock (:class:`ModelLock`, a ``threading.RLock`` that counts waits) (``explain`` holds it and calls ``probe`` which takes it
 again). Locks live in a ``WeakKeyDictionary`` so a model that is garbage-collected takes its lock
 with it; the registry itself is guarded by a global lock so two threads asking for the same model's
 lock at once get the same object. :func:`borrowed` is the lock plus eval mode (and, for explanations,
-frozen parameters with gradients on), restored exactly on exit.
+frozen parameters with gradients on), restored exactly on exit. The time a thread spends waiting for
+a model lock held by another thread is added up per thread (:func:`lock_wait_seconds`): the app's
+profile tells queueing behind another session apart from the model's own work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -23,17 +26,42 @@ import torch
 from torch import nn
 
 _registry_guard = threading.Lock()
-_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_waits = threading.local()
 
 
-def model_lock(model: nn.Module) -> threading.RLock:
+class ModelLock:
+    """A re-entrant lock that adds the time its ``with`` waited to the calling thread's total."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> ModelLock:
+        if not self._lock.acquire(blocking=False):  # held by another thread: wait, and count it
+            started = time.perf_counter()
+            self._lock.acquire()
+            _waits.seconds = getattr(_waits, "seconds", 0.0) + time.perf_counter() - started
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
+_locks: weakref.WeakKeyDictionary[nn.Module, ModelLock] = weakref.WeakKeyDictionary()
+
+
+def model_lock(model: nn.Module) -> ModelLock:
     """The re-entrant lock of ``model`` (created on first use, shared by every caller)."""
     with _registry_guard:
         lock = _locks.get(model)
         if lock is None:
-            lock = threading.RLock()
+            lock = ModelLock()
             _locks[model] = lock
         return lock
+
+
+def lock_wait_seconds() -> float:
+    """Seconds this thread has waited so far for model locks held by other threads."""
+    return getattr(_waits, "seconds", 0.0)
 
 
 @contextlib.contextmanager

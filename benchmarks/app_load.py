@@ -15,6 +15,12 @@ headless Chromium driven by Playwright), the single-session phase first:
 3. the memory check: the server's RSS after phases 1-2 (caches and models warm) and after
    ``--memory-cycles`` more sequential cycles (default 100).
 
+Server side, the app runs with ``ATTNVIZ_PROFILE`` (``app/profiling.py``): every Inspect rerun that
+computed something new (an upload) is split into its phases (decode, inspect compute, overlay PNGs,
+figures, report, sidebar, cache lookups...) and the time it waited for model locks held by other
+sessions; the benchmark prints the median of each for phase 1 and phase 2 beside the browser-side
+latency.
+
     .venv/bin/python benchmarks/app_load.py [--sessions 4] [--cycles 20] [--memory-cycles 100]
 
 Needs Chromium at /usr/bin/chromium (``apt-get install -y chromium``) and the ``playwright`` package.
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -120,19 +128,58 @@ async def cycle(browser, base: str, picture: Path, timeout_s: float = 600.0) -> 
         await context.close()
 
 
+def server_breakdown(profile: Path, start: float, end: float) -> dict[str, float]:
+    """Median seconds per phase over the Inspect reruns that computed a new picture in [start, end]."""
+    runs = []
+    for line in profile.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record["page"].startswith("Inspect") and start <= record["at"] <= end and any(
+                name.startswith("inspect: compute") for name in record["phases"]):
+            runs.append(record)
+    if not runs:
+        return {}
+    names = sorted({name for record in runs for name in record["phases"]})
+    out = {"reruns": float(len(runs)), "total": statistics.median(r["total_s"] for r in runs),
+           "lock wait": statistics.median(r["lock_wait_s"] for r in runs)}
+    out |= {name: statistics.median(r["phases"].get(name, 0.0) for r in runs) for name in names}
+    return out
+
+
+def print_breakdown(single: dict[str, float], concurrent: dict[str, float], sessions: int) -> None:
+    print("Server side, median seconds per Inspect rerun that computed an upload (app/profiling.py; phases "
+          "nest: 'inspect' holds its cache lookup, model load and compute)")
+    print(f"  {'phase':<34} {'1 session':>10} {f'{sessions} sessions':>12}")
+    first = ["reruns", "total", "lock wait"]
+    for name in [*first, *sorted((set(single) | set(concurrent)) - set(first))]:
+        cells = [single.get(name), concurrent.get(name)]
+        text = ["-" if v is None else (f"{v:.0f}" if name == "reruns" else f"{v:.3f}") for v in cells]
+        print(f"  {name:<34} {text[0]:>10} {text[1]:>12}")
+
+
 async def run(args) -> None:
     from playwright.async_api import async_playwright
 
     pictures = iter(fresh_pictures())
-    with tempfile.TemporaryDirectory() as home, app_server(Path(home) / "home") as (base, server):
+    with tempfile.TemporaryDirectory() as home:
+        profile = Path(home) / "profile.jsonl"
+        os.environ["ATTNVIZ_PROFILE"] = str(profile)  # the server inherits it
+        await measure(args, pictures, home, profile, async_playwright)
+
+
+async def measure(args, pictures, home: str, profile: Path, async_playwright) -> None:
+    with app_server(Path(home) / "home") as (base, server):
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             print(f"server up; {args.warmup + args.cycles} single cycles...", file=sys.stderr, flush=True)
             single = []
+            single_started = None
             for i in range(args.warmup + args.cycles):
+                if i == args.warmup:
+                    single_started = time.time()
                 seconds = await cycle(browser, base, next(pictures))
                 if i >= args.warmup:
                     single.append(seconds)
+            single_ended = time.time()
             per_session = -(-args.cycles // args.sessions)
 
             async def session() -> list[float]:
@@ -141,6 +188,7 @@ async def run(args) -> None:
             print(f"{args.sessions} concurrent sessions...", file=sys.stderr, flush=True)
             concurrent = [s for result in await asyncio.gather(*(session() for _ in range(args.sessions)))
                           for s in result]
+            concurrent_ended = time.time()
 
             await asyncio.sleep(3)
             rss_start = rss_mb(server.pid)
@@ -151,6 +199,8 @@ async def run(args) -> None:
             rss_end = rss_mb(server.pid)
             await browser.close()
 
+    print_breakdown(server_breakdown(profile, single_started, single_ended),
+                    server_breakdown(profile, single_ended, concurrent_ended), args.sessions)
     single_p95, concurrent_p95 = p95(single), p95(concurrent)
     print(f"Inspect latency, upload -> scored heat maps ({len(single)} single cycles, "
           f"{len(concurrent)} cycles in {args.sessions} concurrent sessions)")

@@ -11,7 +11,9 @@ import streamlit as st
 # model id -> number of times its weights were loaded in this process (the cache makes it 1)
 LOAD_COUNTS: Counter[str] = Counter()
 
+
 _COUNT_LOCK = threading.Lock()
+
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def activation_curves(name: str, lo: float, hi: float, n: int = 801):
@@ -19,6 +21,7 @@ def activation_curves(name: str, lo: float, hi: float, n: int = 801):
     from attnviz.layers.activations import sample_activation
 
     return sample_activation(name, lo, hi, n)
+
 
 @st.cache_data(show_spinner=False)
 def activation_registry() -> dict[str, dict]:
@@ -28,11 +31,13 @@ def activation_registry() -> dict[str, dict]:
     return {name: {"label": info.label, "latex": info.latex, "in_felu_paper": info.in_felu_paper}
             for name, info in ACTIVATIONS.items()}
 
+
 @st.cache_data(show_spinner=False)
 def felu_minimum() -> tuple[float, float]:
     from attnviz.layers.activations import felu_minimum as _felu_minimum
 
     return _felu_minimum()
+
 
 def _runs_fingerprint() -> tuple:
     """Cheap signature of the shipped and run checkpoint folders: a finished run changes it."""
@@ -49,15 +54,18 @@ def _runs_fingerprint() -> tuple:
             continue
     return tuple(out)
 
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def _zoo_rows(fingerprint: tuple) -> list[dict]:
     from attnviz.catalog import zoo_rows
 
     return [row.as_dict() for row in zoo_rows()]
 
+
 def zoo_rows() -> list[dict]:
     """Every model of the zoo as plain dicts (`attnviz.catalog.zoo_rows`), refreshed when a run ends."""
     return _zoo_rows(_runs_fingerprint())
+
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _zoo_costs(fingerprint: tuple) -> list[dict]:
@@ -71,9 +79,11 @@ def _zoo_costs(fingerprint: tuple) -> list[dict]:
     measure_costs([row for row in rows if row.cpu_latency_ms is None])
     return [row.as_dict() for row in rows]
 
+
 def zoo_rows_with_costs() -> list[dict]:
     """The zoo with params, FLOPs and the CPU latencies measured at server start (`device_report`)."""
     return _zoo_costs(_runs_fingerprint())
+
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def zoo_note(path: str | None, sha256: str | None) -> str | None:
@@ -88,14 +98,17 @@ def zoo_note(path: str | None, sha256: str | None) -> str | None:
     except CheckpointError:
         return None
 
+
 def zoo_by_id() -> dict[str, dict]:
     return {row["id"]: row for row in zoo_rows()}
+
 
 @st.cache_data(show_spinner=False)
 def spec_params(specs: list[str], num_classes: int = 10) -> dict[str, int | None]:
     from attnviz.catalog import spec_params as _spec_params
 
     return _spec_params(list(specs), num_classes)
+
 
 @st.cache_resource(show_spinner=False, max_entries=24)
 def _load_model(model_id: str, path: str | None, sha256: str | None):
@@ -107,6 +120,7 @@ def _load_model(model_id: str, path: str | None, sha256: str | None):
         LOAD_COUNTS[model_id] += 1
     return model, card
 
+
 def load_model(model_id: str):
     """(model, card) of a zoo model, loaded once per process and shared read-only by all sessions."""
     row = zoo_by_id().get(model_id)
@@ -116,6 +130,7 @@ def load_model(model_id: str):
         raise CheckpointError(f"There is no model '{model_id}' in the zoo.")
     return _load_model(model_id, row["path"], row["weights_sha256"])
 
+
 @st.cache_resource(show_spinner=False)
 def device_report() -> dict:
     """The compute device and its measured speed (`attnviz.catalog.device_report`), once per process."""
@@ -123,13 +138,16 @@ def device_report() -> dict:
 
     return _device_report()
 
+
 @st.cache_data(show_spinner=False)
 def versions() -> dict[str, str]:
     from attnviz.report import library_versions
 
     return library_versions()
 
+
 PREFERRED_DEFAULTS = ("resnet20-se", "resnet20-se-felu", "resnet20-lgam")
+
 
 def default_model_ids(rows: list[dict]) -> list[str]:
     """What the pages show before the user picks: the SE, SE-FeLU and LGAM ResNet-20s when trained
@@ -145,6 +163,7 @@ def default_model_ids(rows: list[dict]) -> list[str]:
             break
     return [row_id for row_id, _ in chosen]
 
+
 def sidebar() -> list[str]:
     """The sidebar every page shows, drawn once by the entry file: the shared model choice (returned)
     and the device line."""
@@ -155,12 +174,14 @@ def sidebar() -> list[str]:
     ui.device_badge(device_report())
     return chosen
 
+
 def chosen_models() -> list[str]:
     """The zoo ids picked in the sidebar (drawn by the entry file before the page runs)."""
     return list(st.session_state.get("models", []))
 
 # model-side work done per (kind of result) in this process, for tests: a display-only change adds 0
 COMPUTE_COUNTS: Counter[str] = Counter()
+
 
 def _count(*kinds: str) -> None:
     with _COUNT_LOCK:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from profiling import phase
 from services.models import _count, load_model, zoo_by_id
 
 
@@ -15,23 +16,28 @@ def gallery() -> dict[str, list[str]]:
     test = SAMPLE_DIR / "test"
     return {d.name: sorted(str(p) for p in d.glob("*.jpg")) for d in sorted(test.iterdir()) if d.is_dir()}
 
+
 @st.cache_resource(show_spinner=False, max_entries=128)
 def _picture(digest: str, name: str, _data: bytes):
     from attnviz.analysis.inspection import read_picture
 
     return read_picture(name, _data)
 
+
 def decode(name: str, data: bytes):
     """An input picture as an `attnviz.analysis.inspection.Picture` (decoded once per process and content): a bad
     file gets ``error`` = one sentence and no picture; it never raises."""
     import hashlib
 
-    return _picture(hashlib.sha256(data).hexdigest(), name, data)
+    with phase("decode"):
+        return _picture(hashlib.sha256(data).hexdigest(), name, data)
+
 
 def _inputs(card: dict, pictures: list):
     from attnviz.images import preprocess
 
     return preprocess([picture.source for picture in pictures], card)
+
 
 def _np(value):
     import torch
@@ -40,25 +46,31 @@ def _np(value):
         return value.detach().float().cpu().numpy()
     return value
 
+
 def _weights(model_id: str) -> str | None:
     """The model's weights hash: part of every result cache key, so a run that is still training (new
     weights after each epoch, same zoo id) is never answered from an older epoch's results."""
     row = zoo_by_id().get(model_id)
     return row["weights_sha256"] if row else None
 
+
 def probe_images(model_id: str, digests: tuple[str, ...], pictures: list) -> dict:
     """One forward pass with every attention tap recorded (`attnviz.probe`), as numpy:
     ``{"probs": [N, K], "sites": {site: {"kind", "channel_weights", "hidden", "spatial", ...}},
     "excitation_inputs": [N, units]}`` (every SE site's hidden pre-activation, `ProbeResult.excitation_inputs`)."""
-    return _probe_images(model_id, _weights(model_id), digests, pictures)
+    with phase("probe"):
+        return _probe_images(model_id, _weights(model_id), digests, pictures)
+
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _probe_images(model_id: str, sha256: str | None, digests: tuple[str, ...], _pictures: list) -> dict:
     from attnviz.analysis.probes import probe
 
     _count("probe")
-    model, card = load_model(model_id)
-    result = probe(model, _inputs(card, _pictures))
+    with phase("probe: model load"):
+        model, card = load_model(model_id)
+    with phase("probe: compute"):
+        result = probe(model, _inputs(card, _pictures))
     sites = {}
     for site in result:
         fields = {k: _np(v) for k, v in vars(site).items() if k not in ("taps",)}
@@ -70,7 +82,9 @@ def _probe_images(model_id: str, sha256: str | None, digests: tuple[str, ...], _
 def inspect(model_id: str, digest: str, picture, method: str = "gradcam", target="predicted",
             layer: str | None = None, scores: bool = False, masks: bool = False, branches: bool = False):
     """What one model makes of one picture (`attnviz.analysis.inspection.inspect_picture`): an ``Inspection``."""
-    return _inspect(model_id, _weights(model_id), digest, picture, method, target, layer, scores, masks, branches)
+    with phase("inspect"):
+        return _inspect(model_id, _weights(model_id), digest, picture, method, target, layer, scores, masks, branches)
+
 
 @st.cache_data(show_spinner=False, max_entries=2048)
 def _inspect(model_id: str, sha256: str | None, digest: str, _picture, method: str, target, layer: str | None,
@@ -78,9 +92,12 @@ def _inspect(model_id: str, sha256: str | None, digest: str, _picture, method: s
     from attnviz.analysis.inspection import inspect_picture
 
     _count("explain", *(["faithfulness"] if scores else []), *(["masks"] if masks else []))
-    model, card = load_model(model_id)
-    return inspect_picture(model, card, _picture.source, method=method, target=target, layer=layer,
-                           scores=scores, masks=masks, branches=branches, name=model_id)
+    with phase("inspect: model load"):
+        model, card = load_model(model_id)
+    with phase("inspect: compute" + (" with scores" if scores else "")):
+        return inspect_picture(model, card, _picture.source, method=method, target=target, layer=layer,
+                               scores=scores, masks=masks, branches=branches, name=model_id)
+
 
 def model_layers(model_id: str) -> dict:
     """Stage names and the default CAM layer of a model (for the layer picker)."""
@@ -88,11 +105,13 @@ def model_layers(model_id: str) -> dict:
     return {"stages": list(model.stage_names), "default": model.default_cam_layer,
             "interflow": bool(getattr(model, "is_interflow", False))}
 
+
 @st.cache_data(show_spinner=False)
 def explain_methods() -> list[str]:
     from attnviz.analysis.explanations import METHODS
 
     return list(METHODS)
+
 
 @st.cache_data(show_spinner=False)
 def colormaps() -> list[str]:
@@ -100,12 +119,15 @@ def colormaps() -> list[str]:
 
     return list_colormaps()
 
+
 def overlay_png(display, heatmap, colormap: str, opacity: float, vmin: float = 0.0, vmax: float = 1.0) -> bytes:
     """PNG of a heat map over the display picture in a square cell (`attnviz.analysis.inspection.heat_map_png`);
     not cached: cheap."""
     from attnviz.analysis.inspection import heat_map_png
 
-    return heat_map_png(display, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax)
+    with phase("overlay png"):
+        return heat_map_png(display, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax)
+
 
 def user_errors() -> tuple[type[Exception], ...]:
     """The exceptions a page turns into one sentence (anything else is a bug and keeps its traceback)."""
@@ -113,9 +135,17 @@ def user_errors() -> tuple[type[Exception], ...]:
 
     return (AttnvizError,)
 
+
 def comparison_report(model_ids: list[str], *, method: str, target: str, target_label: str, layer: str,
                       colormap: str, opacity: float, figures: list[dict], score_rows: list[dict]) -> str:
     """The Inspect comparison as one self-contained HTML document (`attnviz.report`)."""
+    with phase("report html"):
+        return _comparison_report(model_ids, method=method, target=target, target_label=target_label, layer=layer,
+                                  colormap=colormap, opacity=opacity, figures=figures, score_rows=score_rows)
+
+
+def _comparison_report(model_ids: list[str], *, method: str, target: str, target_label: str, layer: str,
+                       colormap: str, opacity: float, figures: list[dict], score_rows: list[dict]) -> str:
     from attnviz.report import Report, ReportFigure, ReportModel, render_html
 
     zoo = zoo_by_id()
@@ -134,6 +164,7 @@ def comparison_report(model_ids: list[str], *, method: str, target: str, target_
         if any(m.source == "untrained" for m in models) else [],
     )
     return render_html(report)
+
 
 def usable_pictures(sources: list[tuple[str, bytes]], limit: int) -> list:
     """Decode the chosen pictures; each bad one gets one sentence in its place, the good ones come back."""

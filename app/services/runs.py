@@ -13,27 +13,33 @@ def training_jobs():
 
     return get_jobs()
 
+
 def check_archive(name: str, data: bytes):
     """An uploaded ImageFolder zip checked and kept for training (`attnviz.archives.check_archive`)."""
     from attnviz.archives import check_archive as _check
 
     return _check(data, name)
 
+
 def start_run(**request):
     from attnviz.jobs import TrainRequest
 
     return training_jobs().submit(TrainRequest(**request))
 
+
 def run_status(job_id: str):
     return training_jobs().status(job_id)
+
 
 def run_summary(events: list[dict]) -> dict:
     from attnviz.jobs import summarize
 
     return summarize(events)
 
+
 def list_runs():
     return training_jobs().list_runs()
+
 
 @st.cache_data(show_spinner=False)
 def trainable_specs() -> list[str]:
@@ -43,6 +49,7 @@ def trainable_specs() -> list[str]:
 
     return list(dict.fromkeys([*ZOO_SPECS, *list_models()]))
 
+
 @st.cache_data(show_spinner=False)
 def default_recipe() -> dict:
     from dataclasses import asdict
@@ -51,6 +58,7 @@ def default_recipe() -> dict:
 
     recipe = Recipe()
     return {**asdict(recipe), "resolved_lr": recipe.resolved_lr}
+
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _shipped_histories(fingerprint: tuple) -> dict[str, list[dict]]:
@@ -70,6 +78,7 @@ def _shipped_histories(fingerprint: tuple) -> dict[str, list[dict]]:
         if history:
             out[row["name"]] = history
     return out
+
 
 def shipped_histories() -> dict[str, list[dict]]:
     """name -> per-epoch history from the shipped model cards that record one."""

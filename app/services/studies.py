@@ -25,6 +25,7 @@ def _sample_batch(card: dict, limit: int | None = None):
         images, labels = subset.test_images, subset.test_labels
     return preprocess(images, card["mean"], card["std"]), labels, list(data.class_names)
 
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def excitation_profiles(model_id: str, sha256: str | None) -> dict:
     """Class-wise excitation profiles over the sample test set (`attnviz.analysis.profiles.excitation_profiles`):
@@ -39,6 +40,7 @@ def excitation_profiles(model_id: str, sha256: str | None) -> dict:
     return {"sites": result.sites, "kinds": result.kinds, "mean": result.mean, "std": result.std,
             "counts": result.counts, "specialisation": result.specialisation, "class_names": class_names}
 
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def dead_units(model_id: str, sha256: str | None, n_images: int = 250) -> dict:
     """Dead SE excitation units on a fixed, class-balanced batch of sample test images
@@ -52,7 +54,9 @@ def dead_units(model_id: str, sha256: str | None, n_images: int = 250) -> dict:
     result = _dead_units(probe(model, x))
     return {"per_site": result.per_site, "fraction": result.fraction, "n_images": int(x.shape[0])}
 
+
 SANITY_METHODS = ("gradcam", "gradcam++", "saliency", "guided_backprop", "integrated_gradients")
+
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def sanity_check(model_id: str, sha256: str | None, digest: str, _picture, methods: tuple[str, ...],
@@ -72,6 +76,7 @@ def sanity_check(model_id: str, sha256: str | None, digest: str, _picture, metho
             "predictions": [int(step.predictions[0]) for step in result.steps],
             "verdicts": result.verdicts(), "reading": describe(result), "target": int(result.targets[0])}
 
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def intervention_sites(model_id: str, sha256: str | None) -> dict[str, dict]:
     """site -> {"kind", "methods", "channels", "branches"} (`attnviz.analysis.interventions.intervention_sites`)."""
@@ -80,11 +85,13 @@ def intervention_sites(model_id: str, sha256: str | None) -> dict[str, dict]:
     model, _ = load_model(model_id)
     return _sites(model)
 
+
 def intervention_labels() -> dict[str, str]:
     from attnviz.analysis.interventions import LABELS
 
     return {**LABELS, "channel_mean": "channel weights -> their average over the sample set",
             "spatial_mean": "spatial mask -> its mean over the picture"}
+
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def intervention_effect(model_id: str, sha256: str | None, digests: tuple[str, ...], _pictures: list, site: str,

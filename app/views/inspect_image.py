@@ -5,6 +5,7 @@ import streamlit as st
 import components as ui
 import figures
 import services
+from profiling import phase
 
 st.title("Inspect an image")
 st.markdown("Pick pictures, then compare what each chosen model predicts and *where* it looks: one row per "
@@ -18,7 +19,8 @@ if not chosen:
 models = [zoo[i] for i in chosen]
 colors = [figures.model_color(i) for i in range(len(models))]
 
-sources = ui.image_inputs(services.gallery(), key="inspect")
+with phase("picture inputs"):
+    sources = ui.image_inputs(services.gallery(), key="inspect")
 items = [services.decode(name, data) for name, data in sources]
 good = [item for item in items if item.error is None]
 if not items:
@@ -78,8 +80,9 @@ for index, item in enumerate(good):
         break
     left, right = st.columns([1, 5], vertical_alignment="center")
     left.image(item.thumbnail, caption=item.name, width=120)
-    right.plotly_chart(figures.topk_figure(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
-                       key=f"inspect_topk_{index}")
+    with phase("predictions figure"):
+        right.plotly_chart(figures.topk_figure(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
+                           key=f"inspect_topk_{index}")
 st.caption("Top-5 classes of each model for each picture: look for models that agree, and for how sure "
            "they are. Untrained models spread their probability almost evenly.")
 
@@ -161,7 +164,8 @@ def heat_map_grid() -> None:
                            mime="text/html", key="inspect_report", icon=":material/description:", on_click="ignore")
 
 
-heat_map_grid()
+with phase("heat map grid"):
+    heat_map_grid()
 
 if show_scores and results and good:
     st.subheader("Deletion and insertion curves (first picture)")

@@ -1,0 +1,80 @@
+"""Where a page's rerun spends its time, server-side (issue 15): off unless ``ATTNVIZ_PROFILE`` is set.
+
+With ``ATTNVIZ_PROFILE=FILE``, every script run of every session appends one JSON line to FILE:
+``{"page", "session", "total_s", "phases": {name: seconds}, "lock_wait_s", "torch_threads", "at"}``.
+``phases`` are the spans a page or the services mark with :func:`phase` (decode, probe, inspect,
+overlay, figures, cache lookups...); ``lock_wait_s`` is the time this run waited for a model lock held
+by another session (``attnviz.locks.lock_wait_seconds``), which is inside the phases that needed it.
+``benchmarks/app_load.py`` turns the file into a breakdown per phase. Unset, :func:`phase` costs one
+attribute lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+PROFILE_ENV = "ATTNVIZ_PROFILE"
+_current = threading.local()  # the rerun this script thread is in (Streamlit runs each session's script on its own thread)
+_write_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Add the time spent inside to the current rerun's ``name`` (nested phases count in both)."""
+    record = getattr(_current, "record", None)
+    if record is None:
+        yield
+        return
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        record[name] += time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def rerun(page: str) -> Iterator[None]:
+    """One script run of one page (the entry file wraps ``page.run()`` in it)."""
+    path = os.environ.get(PROFILE_ENV)
+    if not path:
+        yield
+        return
+    from attnviz.locks import lock_wait_seconds
+
+    _current.record = Counter()
+    waited_before = lock_wait_seconds()
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        total = time.perf_counter() - started
+        record, _current.record = _current.record, None
+        line = {"page": page, "session": _session_id(), "total_s": round(total, 6),
+                "phases": {k: round(v, 6) for k, v in record.items()},
+                "lock_wait_s": round(lock_wait_seconds() - waited_before, 6), "torch_threads": _torch_threads(),
+                "at": round(time.time(), 3)}
+        with _write_guard, open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+
+def _session_id() -> str | None:
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        return ctx.session_id if ctx is not None else None
+    except ImportError:
+        return None
+
+
+def _torch_threads() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch just to report on it
+    return torch.get_num_threads() if torch is not None else None

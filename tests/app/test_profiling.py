@@ -1,0 +1,44 @@
+"""app/profiling.py: one JSON line per rerun with its phases when ATTNVIZ_PROFILE is set, nothing otherwise."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import apphelpers  # noqa: F401  (puts app/ on sys.path)
+import pytest
+
+
+def test_a_rerun_writes_its_phases_only_when_profiling_is_on(tmp_path, monkeypatch):
+    import profiling
+
+    monkeypatch.delenv(profiling.PROFILE_ENV, raising=False)
+    with profiling.rerun("Inspect an image"), profiling.phase("decode"):
+        pass
+    assert not list(tmp_path.iterdir())
+
+    path = tmp_path / "profile.jsonl"
+    monkeypatch.setenv(profiling.PROFILE_ENV, str(path))
+    with profiling.rerun("Inspect an image"):
+        with profiling.phase("decode"):
+            time.sleep(0.05)
+        with profiling.phase("decode"), profiling.phase("overlay png"):
+            time.sleep(0.02)
+    record = json.loads(path.read_text().splitlines()[0])
+    assert record["page"] == "Inspect an image" and record["lock_wait_s"] == 0.0
+    assert 0.06 < record["phases"]["decode"] < record["total_s"] < 5
+    assert 0.015 < record["phases"]["overlay png"] < record["phases"]["decode"]
+    with profiling.phase("outside any rerun"):  # no record: a no-op
+        pass
+    assert len(path.read_text().splitlines()) == 1
+
+
+@pytest.mark.slow  # runs models
+def test_the_real_inspect_page_is_profiled_phase_by_phase(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNVIZ_PROFILE", str(tmp_path / "profile.jsonl"))
+    app.switch_page("views/inspect_image.py").run()
+    assert not app.exception
+    records = [json.loads(line) for line in (tmp_path / "profile.jsonl").read_text().splitlines()]
+    inspect_runs = [r for r in records if r["page"].startswith("Inspect")]
+    assert inspect_runs and {"sidebar", "picture inputs", "decode", "inspect", "heat map grid",
+                             "overlay png"} <= set(inspect_runs[-1]["phases"])
