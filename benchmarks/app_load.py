@@ -6,7 +6,7 @@ figure; the server's memory grows by at most 50 MB over 100 upload-and-explain c
 One *cycle* is what a user does: open Inspect in a new browser session (its own context), upload one
 picture nobody has uploaded before (a training image of the shipped sample set, never in the gallery,
 so no cached result can answer it), and wait until that picture's heat maps and deletion/insertion
-scores are on the page. The latency is the time from the upload to that moment; the page load before
+scores are on the page (they replace the gallery's preselected pictures). The latency is the time from the upload to that moment; the page load before
 it is not counted. Both phases run in this one process against one real server (``streamlit run``,
 headless Chromium driven by Playwright), the single-session phase first:
 
@@ -116,7 +116,9 @@ async def cycle(browser, base: str, picture: Path, timeout_s: float = 600.0) -> 
         started = time.perf_counter()
         await page.locator("input[type='file']").first.set_input_files(str(picture))
         deadline = time.monotonic() + timeout_s
-        while await score_captions(page) < before + models:
+        # an upload replaces the gallery's preselected pictures: done when the grid holds the upload's
+        # scored maps alone (one per model) and the picture's name is on the page
+        while not (await score_captions(page) == models and await page.get_by_text(picture.name).count()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no heat maps for {picture.name} after {timeout_s:.0f} s")
             await asyncio.sleep(0.05)
