@@ -307,8 +307,8 @@ def pick_models(chosen: list[str], zoo: dict[str, dict], rows: list[dict], *, wa
     models = [zoo[i] for i in chosen if wanted(zoo[i])]
     if models:
         return models
-    trained = [r for r in rows if r["spec"] in fallback_specs and r["trained"]]
-    models = trained or [r for r in rows if r["spec"] in fallback_specs]
+    named = [r for r in rows if r["spec"] in fallback_specs or r["name"] in fallback_specs]  # zoo name or spec
+    models = [r for r in named if r["trained"]] or named
     if models:
         st.info("None of the chosen models has " + what + ", so this page shows "
                 + " and ".join(f"**{m['name']}**" for m in models) + ". Choose others in the sidebar.",

@@ -156,7 +156,8 @@ def default_model_ids(rows: list[dict]) -> list[str]:
     for source in ("shipped", "your run", "untrained"):
         for spec in PREFERRED_DEFAULTS:
             for row in rows:
-                if row["source"] == source and row["spec"] == spec and spec not in {r[1] for r in chosen}:
+                # by zoo name too: a shipped entry's spec may carry options (resnet20-lgam:zero_init_residual=true)
+                if row["source"] == source and spec in (row["spec"], row["name"]) and spec not in {r[1] for r in chosen}:
                     chosen.append((row["id"], spec))
                     break
         if chosen:

@@ -18,8 +18,8 @@ zoo = services.zoo_by_id()
 se_models = [zoo[i] for i in chosen if zoo[i]["attention"] in ("se", "eca", "cbam")]
 if not se_models:
     rows = services.zoo_rows()
-    fallback = [r for r in rows if r["spec"] in ("resnet20-se", "resnet20-se-felu") and r["trained"]]
-    fallback = fallback or [r for r in rows if r["spec"] in ("resnet20-se", "resnet20-se-felu")]
+    named = [r for r in rows if {r["spec"], r["name"]} & {"resnet20-se", "resnet20-se-felu"}]  # zoo name or spec
+    fallback = [r for r in named if r["trained"]] or named
     se_models = fallback[:2]
     st.info("None of the chosen models has channel attention, so this page shows "
             + " and ".join(f"**{m['name']}**" for m in se_models) + ". Choose SE, SE-FeLU, ECA or CBAM models "

@@ -85,3 +85,18 @@ def test_lgam_and_interflow_pages_offer_their_own_interventions(app):
     assert not at.exception and not at.error
     captions = [c.value for c in at.caption if "prediction changed for" in c.value]
     assert captions and "branch 1 alone" in captions[0]
+
+
+@pytest.mark.slow  # runs models
+def test_shipped_entries_whose_spec_has_options_are_the_defaults_and_fill_their_page(app):
+    import services
+
+    lgam = next(r for r in services.zoo_rows() if r["name"] == "resnet20-lgam" and r["shipped"])
+    assert lgam["spec"] != "resnet20-lgam"  # the zoo's LGAM: resnet20-lgam:zero_init_residual=true
+    at = app.switch_page("views/lgam.py").run()
+    assert not at.exception and lgam["id"] in at.session_state["models"]  # chosen by default, by zoo name
+    assert [h.value for h in at.header][:1] == ["resnet20-lgam"]
+    assert not any("no LGAM model" in w.value for w in at.warning)
+    at.session_state["models"] = [r["id"] for r in services.zoo_rows() if r["name"] == "resnet20"]
+    at.run()  # no LGAM chosen: the page falls back to the zoo's own, found by its name
+    assert [h.value for h in at.header][:1] == ["resnet20-lgam"]
