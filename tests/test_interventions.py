@@ -59,7 +59,7 @@ CASES = [
     ("resnet20-eca", "layer2.0.attn", "channel_ones", {}),
     ("resnet20-cbam", "layer1.0.attn", "spatial_ones", {}),
     ("resnet20-cbam", "layer2.0.attn", "channel_zero_topk", {"k": 3}),
-    ("resnet20-lgam", "layer1.0.attn", "spatial_mean", {}),
+    ("resnet20-lgam", "layer1.2.attn", "spatial_mean", {}),  # the 50-epoch LGAM: layer1.0 and 1.1 are flat (eq. 5 saturates)
     ("resnet20-bam", "layer1.attn", "spatial_ones", {}),
     ("resnet20-sge", "layer2.0.attn", "spatial_ones", {}),
     ("resnet20-interflow-soft", "head", "branch_only", {"branch": 0}),
