@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import nn
 
@@ -114,8 +113,10 @@ class Inspection:
 
     def top(self, k: int) -> list[tuple[int, float]]:
         """The ``k`` most probable classes as (class, probability), most probable first."""
-        values, indices = torch.topk(torch.from_numpy(self.probs), min(k, self.probs.size))
-        return [(int(i), float(p)) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+        # numpy, not torch: a page calls this while drawing; a torch kernel there would start an OpenMP
+        # team on the script thread, which slows every other thread's kernels (benchmarks/compute_thread.py)
+        order = np.argsort(-self.probs, kind="stable")[:k]
+        return [(int(i), float(self.probs[i])) for i in order]
 
     @property
     def own_maps(self) -> list[Explanation]:
