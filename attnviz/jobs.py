@@ -1,4 +1,4 @@
-"""Background training runs for the app: one run at a time per server, the rest queued, cancellable.
+"""Background training runs for the app: one run at a time per run directory, the rest queued, cancellable.
 
 Each run is a separate process, ``python -m attnviz train ... --out RUN_DIR --json-progress``, so a
 run can be stopped without touching the server, and a crash in training cannot take the server down.
@@ -13,16 +13,25 @@ Rules
   next step, keeps a consistent checkpoint and exits 130), then SIGTERM/SIGKILL if it does not stop.
 - Runs live in ``runs_dir()`` = ``$ATTNVIZ_HOME/runs`` (default ``~/.attnviz/runs``); the zoo lists
   the checkpoints found there (``attnviz.catalog``).
+- Several app processes on one machine may share that directory (``scripts/serve_cluster.py``: app
+  processes behind a reverse proxy). They then form one queue: a run starts only when it is the oldest
+  queued run of every live process there and its process holds ``RUNS/.training.lock`` (an exclusive
+  ``flock``, held while the child runs and released by the kernel if the process dies), so the machine
+  trains one model at a time, first come first served. A queued run's ``position`` counts the runs ahead
+  of it in every process. Each ``job.json`` names its server (``host:pid``), so a process tells another
+  live process's queued or running run from one whose server is gone (``interrupted``).
 
 Uploaded ImageFolder archives are checked before anything trains on them: :mod:`attnviz.archives`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +46,7 @@ from attnviz.paths import runs_dir
 
 DATASET_CHOICES = ("sample", "cifar10", "cifar100", "mnist", "fashionmnist")
 MAX_QUEUE = 8
+CLUSTER_POLL_S = 0.5  # how often a queued run checks whether another process's run ahead of it ended
 TERMINAL_STATES = ("finished", "failed", "cancelled", "diverged", "interrupted")
 
 
@@ -92,6 +102,7 @@ class JobStatus:
     returncode: int | None = None
     pid: int | None = None
     message: str = ""
+    server: str = ""  # host:pid of the app process that owns the run
     events: list[dict] = field(default_factory=list)
 
     @property
@@ -144,7 +155,8 @@ def _state_from_returncode(code: int, cancelled: bool) -> str:
 
 
 class TrainingJobs:
-    """The per-server run manager: a FIFO queue and one worker thread that runs one child at a time."""
+    """The per-server run manager: a FIFO queue and one worker thread that runs one child at a time (and,
+    with other processes sharing ``base_dir``, one at a time among them all: see the module text)."""
 
     def __init__(self, base_dir: str | Path | None = None, *, max_queue: int = MAX_QUEUE,
                  cancel_grace_s: float = 30.0):
@@ -159,6 +171,9 @@ class TrainingJobs:
         self._process: subprocess.Popen | None = None
         self._cancel_requested: set[str] = set()
         self._closed = False
+        self._server = f"{socket.gethostname()}:{os.getpid()}"
+        self._training_lock = None  # the open lock file while this server's child runs (flock held)
+        self._others_running = False  # whether another live process sharing base_dir runs a child
         self._worker = threading.Thread(target=self._work, name="attnviz-train-worker", daemon=True)
         self._worker.start()
 
@@ -176,14 +191,14 @@ class TrainingJobs:
             run_dir = self.base_dir / job_id
             run_dir.mkdir(parents=True, exist_ok=False)
             status = JobStatus(job_id=job_id, state="queued", request=asdict(request), run_dir=str(run_dir),
-                               submitted=time.time())
+                               submitted=time.time(), server=self._server)
             self._jobs[job_id] = status
             self._queue.append(job_id)
             self._reposition()
             self._save(status)
             self._wake.notify_all()
             snapshot = self._snapshot(job_id, with_events=False)
-            if self._running is None and self._queue[0] == job_id:
+            if self._running is None and status.position == 1 and not self._others_running:
                 # the idle worker starts it at once: say so rather than "queued, position 1"
                 snapshot.state, snapshot.position = "running", 0
             return snapshot
@@ -264,9 +279,12 @@ class TrainingJobs:
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._closed:
-                    self._wake.wait()
+                while not self._closed and not (self._queue and self._take_turn(self._queue[0])):
+                    if self._queue:  # waiting for another process's run: keep the positions true
+                        self._reposition()
+                    self._wake.wait(CLUSTER_POLL_S if self._queue else None)
                 if self._closed:
+                    self._release_training_lock()
                     return
                 job_id = self._queue.popleft()
                 job = self._jobs[job_id]
@@ -287,6 +305,7 @@ class TrainingJobs:
                     stderr.close()
                     job.state, job.ended, job.message = "failed", time.time(), f"could not start the run: {err}"
                     self._running = None
+                    self._release_training_lock()
                     self._save(job)
                     self._wake.notify_all()
                     continue
@@ -306,6 +325,7 @@ class TrainingJobs:
                     job.message = "cancelled; the last consistent checkpoint was kept"
                 self._running = None
                 self._process = None
+                self._release_training_lock()
                 self._save(job)
                 self._wake.notify_all()
 
@@ -325,10 +345,52 @@ class TrainingJobs:
         if process.poll() is None:
             process.kill()
 
+    # ------------------------------------------------------------- one queue across processes
+    def _others_live_runs(self) -> list[JobStatus]:
+        """Queued or running runs under ``base_dir`` owned by another live process (or manager)."""
+        found = []
+        for path in self.base_dir.glob("*/job.json") if self.base_dir.is_dir() else ():
+            if path.parent.name in self._jobs:
+                continue
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue  # being replaced this instant, or not ours to read
+            if record.get("state") in ("queued", "running") and _server_alive(str(record.get("server") or "")):
+                known = {k: record[k] for k in JobStatus.__dataclass_fields__ if k in record and k != "events"}
+                found.append(JobStatus(**known))
+        return found
+
+    def _take_turn(self, job_id: str) -> bool:
+        """Whether ``job_id`` (this server's head) may start now: no other process's queued run is older,
+        and this process got the training lock (so no other process's run is running)."""
+        job = self._jobs[job_id]
+        if any((other.submitted, other.job_id) < (job.submitted, job_id)
+               for other in self._others_live_runs() if other.state == "queued"):
+            return False
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.base_dir / ".training.lock", "a+b")  # noqa: SIM115 - kept open while the child runs
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another process (or manager) runs its child
+            handle.close()
+            return False
+        self._training_lock = handle
+        return True
+
+    def _release_training_lock(self) -> None:
+        if self._training_lock is not None:
+            self._training_lock.close()  # closing the file releases the flock
+            self._training_lock = None
+
     # ----------------------------------------------------------------------------------- helpers
     def _reposition(self) -> None:
+        others = self._others_live_runs()
+        self._others_running = any(other.state == "running" for other in others)
+        ahead_keys = sorted((other.submitted, other.job_id) for other in others if other.state == "queued")
         for index, job_id in enumerate(self._queue, start=1):
-            self._jobs[job_id].position = index
+            job = self._jobs[job_id]
+            job.position = index + sum(1 for key in ahead_keys if key < (job.submitted, job_id))
         if self._running is not None:
             self._jobs[self._running].position = 0
 
@@ -356,12 +418,27 @@ class TrainingJobs:
             raise AttnvizError(f"There is no run '{job_id}' in {self.base_dir}.") from err
         known = {k: record[k] for k in JobStatus.__dataclass_fields__ if k in record and k != "events"}
         status = JobStatus(**known)
-        if not status.done:
+        if not status.done and not _server_alive(status.server):
             # a run recorded as queued/running by a server that is gone: it will never finish
             status.state, status.message = "interrupted", "the server that ran it stopped before it finished"
         if with_events:
             status.events = read_events(run_dir)
         return status
+
+
+def _server_alive(server: str) -> bool:
+    """Whether the app process ``host:pid`` still runs. Only processes of this machine are seen (the
+    shared queue is for processes on one machine); a record without a server is an earlier version's."""
+    host, _, pid = server.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def summarize(events: list[dict]) -> dict:
