@@ -21,9 +21,9 @@ $(VENV)/.dev-installed: $(VENV)/.app-installed requirements-dev.txt
 app: $(VENV)/.app-installed
 	$(VENV)/bin/streamlit run app/streamlit_app.py --server.port $(PORT) --server.headless true
 
-## make test: create/update .venv, install Chromium if it can, run the whole suite (slow, browser, load)
+## make test: create/update .venv, install Chromium and nginx if it can, run the whole suite (slow, browser, load)
 test: $(VENV)/.dev-installed
-	bash scripts/ensure_browser.sh
+	bash scripts/ensure_test_tools.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -m "" -q
 

@@ -70,3 +70,23 @@ def wait_idle(page, timeout_s: float = 180.0) -> None:
                 return
         time.sleep(0.3)
     raise TimeoutError("the page was still running")
+
+
+def scores(page) -> list[str]:
+    """The caption under every heat map: predicted class, its probability, deletion and insertion AUC."""
+    texts = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
+    return sorted(t for t in texts if "deletion" in t and "p=" in t)
+
+
+def stable_scores(page, timeout_s: float = 300.0) -> list[str]:
+    """The heat-map captions once they are there and unchanged for 3 s (the page paints after the run)."""
+    deadline = time.monotonic() + timeout_s
+    previous, same_for = None, 0
+    while time.monotonic() < deadline:
+        current = scores(page)
+        same_for = same_for + 1 if (current and current == previous) else 0
+        if same_for >= 3:
+            return current
+        previous = current
+        time.sleep(1.0)
+    return scores(page)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from appserver import CHROMIUM, CHROMIUM_ARGS, OUTPUT, app_server, wait_idle
+from appserver import CHROMIUM, CHROMIUM_ARGS, OUTPUT, app_server, scores, stable_scores, wait_idle
 
 pytestmark = pytest.mark.load
 TABS = 10
@@ -22,26 +22,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def _scores(page) -> list[str]:
-    """The caption under every heat map: predicted class, its probability, deletion and insertion AUC."""
-    texts = page.locator("[data-testid='stCaptionContainer']").all_inner_texts()
-    return sorted(t for t in texts if "deletion" in t and "p=" in t)
-
-
-def _stable_scores(page, timeout_s: float = 300.0) -> list[str]:
-    """The heat-map captions once they are there and unchanged for 3 s (the page paints after the run)."""
-    deadline = time.monotonic() + timeout_s
-    previous, same_for = None, 0
-    while time.monotonic() < deadline:
-        current = _scores(page)
-        same_for = same_for + 1 if (current and current == previous) else 0
-        if same_for >= 3:
-            return current
-        previous = current
-        time.sleep(1.0)
-    return _scores(page)
 
 
 def test_ten_tabs_inspect_while_training(tmp_path):
@@ -55,7 +35,7 @@ def test_ten_tabs_inspect_while_training(tmp_path):
         page = context.new_page()
         page.goto(base + "/inspect_image")
         wait_idle(page, 300)
-        reference_scores = _stable_scores(page)
+        reference_scores = stable_scores(page)
         assert reference_scores and len(reference_scores) % 3 == 0  # 3 gallery pictures x chosen models
         context.close()
         rss_start = _rss_mb(server.pid)
@@ -81,10 +61,10 @@ def test_ten_tabs_inspect_while_training(tmp_path):
                 wait_idle(page, 400)
                 timings[i] = time.perf_counter() - started
                 deadline = time.monotonic() + 300
-                results[i] = _scores(page)
+                results[i] = scores(page)
                 while len(results[i]) < len(reference_scores) and time.monotonic() < deadline:
                     time.sleep(0.5)  # the page paints after its (cached) rerun has finished
-                    results[i] = _scores(page)
+                    results[i] = scores(page)
                 if page.locator("[data-testid='stException']").count() or page.locator("[data-testid='stAlertContentError']").count():
                     errors[i] = "error element on the page"
             except Exception as err:  # a timeout is a failure of this tab
