@@ -1,28 +1,5 @@
-"""Background training runs for the app: one run at a time per run directory, the rest queued, cancellable.
-
-Each run is a separate process, ``python -m attnviz train ... --out RUN_DIR --json-progress``, so a
-run can be stopped without touching the server, and a crash in training cannot take the server down.
-The child's stdout (one JSON object per event) goes to ``RUN_DIR/progress.jsonl``; the app reads that
-file to draw live curves. ``RUN_DIR/job.json`` records the request and the state, so a finished run is
-self-describing and a server restart shows what happened to the runs it had.
-
-Rules
-- ``submit`` never drops a request: it starts the run when nothing is running, otherwise queues it and
-  says so (``state="queued"``, ``position``). A full queue is an error with one sentence.
-- ``cancel`` on a queued run removes it; on a running one it sends SIGINT (the trainer stops at the
-  next step, keeps a consistent checkpoint and exits 130), then SIGTERM/SIGKILL if it does not stop.
-- Runs live in ``runs_dir()`` = ``$ATTNVIZ_HOME/runs`` (default ``~/.attnviz/runs``); the zoo lists
-  the checkpoints found there (``attnviz.catalog``).
-- Several app processes on one machine may share that directory (``scripts/serve_cluster.py``: app
-  processes behind a reverse proxy). They then form one queue: a run starts only when it is the oldest
-  queued run of every live process there and its process holds ``RUNS/.training.lock`` (an exclusive
-  ``flock``, held while the child runs and released by the kernel if the process dies), so the machine
-  trains one model at a time, first come first served. A queued run's ``position`` counts the runs ahead
-  of it in every process. Each ``job.json`` names its server (``host:pid``), so a process tells another
-  live process's queued or running run from one whose server is gone (``interrupted``).
-
-Uploaded ImageFolder archives are checked before anything trains on them: :mod:`attnviz.archives`.
-"""
+"""The run manager: ``TrainingJobs`` (a FIFO queue and one worker thread per server, one queue for every
+process sharing the run directory) and ``get_jobs`` (the process's manager). Rules: :mod:`attnviz.jobs`."""
 
 from __future__ import annotations
 
@@ -33,115 +10,20 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from attnviz.errors import AttnvizError, DatasetError
+from attnviz.errors import AttnvizError
+from attnviz.jobs.progress import last_error_line, read_events
+from attnviz.jobs.requests import JobStatus, TrainRequest
 from attnviz.paths import runs_dir
 
-DATASET_CHOICES = ("sample", "cifar10", "cifar100", "mnist", "fashionmnist")
 MAX_QUEUE = 8
 CLUSTER_POLL_S = 0.5  # how often a queued run checks whether another process's run ahead of it ended
-TERMINAL_STATES = ("finished", "failed", "cancelled", "diverged", "interrupted")
-
-
-@dataclass
-class TrainRequest:
-    """What the Train form asks for; ``to_argv`` is the exact CLI call that runs it."""
-
-    spec: str
-    dataset: str = "sample"
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float | None = None
-    seed: int = 0
-    device: str | None = None
-
-    def validate(self) -> None:
-        if not self.spec or not re.fullmatch(r"[A-Za-z0-9_.,:=@+\-]+", self.spec):
-            raise AttnvizError("The model spec may only use letters, digits and _ . , : = @ + -.")
-        if not (self.dataset in DATASET_CHOICES or self.dataset.startswith("imagefolder:")):
-            raise DatasetError(f"Unknown dataset '{self.dataset}' (use {', '.join(DATASET_CHOICES)} or an upload).")
-        if not 1 <= int(self.epochs) <= 500:
-            raise AttnvizError("Epochs must be between 1 and 500.")
-        if not 1 <= int(self.batch_size) <= 4096:
-            raise AttnvizError("The batch size must be between 1 and 4096.")
-        if self.lr is not None and not 0.0 < float(self.lr) <= 10.0:
-            raise AttnvizError("The learning rate must be a positive number no larger than 10.")
-        if not 0 <= int(self.seed) < 2**31:
-            raise AttnvizError("The seed must be a whole number between 0 and 2147483647.")
-
-    def to_argv(self, out_dir: Path) -> list[str]:
-        argv = [sys.executable, "-m", "attnviz", "train", "--model", self.spec, "--data", self.dataset,
-                "--epochs", str(int(self.epochs)), "--batch-size", str(int(self.batch_size)),
-                "--seed", str(int(self.seed)), "--out", str(out_dir), "--json-progress"]
-        if self.lr is not None:
-            argv += ["--lr", repr(float(self.lr))]
-        if self.device:
-            argv += ["--device", self.device]
-        return argv
-
-
-@dataclass
-class JobStatus:
-    """A run as the app sees it (plain values only)."""
-
-    job_id: str
-    state: str  # queued | running | finished | failed | cancelled | diverged | interrupted
-    request: dict
-    run_dir: str
-    position: int = 0  # 1-based place in the queue when queued
-    submitted: float = 0.0
-    started: float | None = None
-    ended: float | None = None
-    returncode: int | None = None
-    pid: int | None = None
-    message: str = ""
-    server: str = ""  # host:pid of the app process that owns the run
-    events: list[dict] = field(default_factory=list)
-
-    @property
-    def done(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-
-def read_events(run_dir: str | Path) -> list[dict]:
-    """Parse ``progress.jsonl``: one JSON object per complete line; a torn last line is skipped."""
-    path = Path(run_dir) / "progress.jsonl"
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    events = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue  # a human progress line or a partial write
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            events.append(value)
-    return events
-
-
-def _last_error_line(run_dir: Path) -> str:
-    """The trainer's one-sentence ``error: ...`` line from stderr, if it wrote one."""
-    try:
-        lines = (run_dir / "stderr.log").read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return ""
-    for line in reversed(lines):
-        for prefix in ("error:", "cancelled:"):
-            if line.startswith(prefix):
-                return line[len(prefix):].strip()
-    return ""
 
 
 def _state_from_returncode(code: int, cancelled: bool) -> str:
@@ -320,7 +202,7 @@ class TrainingJobs:
                 job.returncode = code
                 job.ended = time.time()
                 job.state = _state_from_returncode(code, cancelled)
-                job.message = _last_error_line(run_dir) if job.state != "finished" else ""
+                job.message = last_error_line(run_dir) if job.state != "finished" else ""
                 if job.state == "cancelled" and not job.message:
                     job.message = "cancelled; the last consistent checkpoint was kept"
                 self._running = None
@@ -439,36 +321,6 @@ def _server_alive(server: str) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
-
-
-def summarize(events: list[dict]) -> dict:
-    """Progress events of one run as plain series for charts and status lines.
-
-    Returns ``{"start": dict|None, "steps": {"global_step", "epoch_float", "loss", "train_acc",
-    "images_per_s"}: lists, "epochs": [epoch events], "last_step": dict|None, "end": dict|None,
-    "error": dict|None, "fraction": 0..1, "eta_s": float|None, "images_per_s": float|None}``.
-    """
-    start = next((e for e in events if e.get("event") == "start"), None)
-    steps = [e for e in events if e.get("event") == "step"]
-    epochs = [e for e in events if e.get("event") == "epoch"]
-    end = next((e for e in reversed(events) if e.get("event") == "end"), None)
-    error = next((e for e in reversed(events) if e.get("event") == "error"), None)
-    series = {"global_step": [], "epoch_float": [], "loss": [], "train_acc": [], "images_per_s": []}
-    for e in steps:
-        spe = max(int(e.get("steps_per_epoch") or 1), 1)
-        series["global_step"].append(e.get("global_step"))
-        series["epoch_float"].append((e.get("epoch", 1) - 1) + e.get("step", 0) / spe)
-        for key in ("loss", "train_acc", "images_per_s"):
-            series[key].append(e.get(key))
-    last = steps[-1] if steps else None
-    fraction = 0.0
-    if end is not None:
-        fraction = 1.0
-    elif last is not None and last.get("total_steps"):
-        fraction = min(1.0, last["global_step"] / last["total_steps"])
-    return {"start": start, "steps": series, "epochs": epochs, "last_step": last, "end": end, "error": error,
-            "fraction": fraction, "eta_s": None if end is not None or last is None else last.get("eta_s"),
-            "images_per_s": None if last is None else last.get("images_per_s")}
 
 
 _MANAGERS: dict[Path, TrainingJobs] = {}
