@@ -3,13 +3,13 @@
 A :class:`_Run` is fully built by its constructor (resume point, precision, tensors, optimizer,
 forward module, batch geometry; the pieces come from :mod:`attnviz.training.setup`);
 :meth:`_Run.execute` is the loop; every part of it is one short method (``_train_epoch``, ``_batch``,
-``_loss``, ``_end_epoch``, ``_stopped``, ``_finish``).
+``_loss``, ``_end_epoch``); how it ends (``_stopped``, ``_finish``) and what it saves are in
+:mod:`attnviz.training.endings`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 import os
@@ -20,18 +20,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnviz.checkpoints import read_card, save_checkpoint, state_dict_for_saving
-from attnviz.data import ImageDataset, portable_dataset_name, preprocess
+from attnviz.data import ImageDataset, preprocess
 from attnviz.device import describe_device, pick_device
-from attnviz.errors import AttnvizError, CheckpointError, TrainingCancelled, TrainingDiverged, TrainingError
-from attnviz.models.registry import create_model
+from attnviz.errors import AttnvizError
 from attnviz.paths import runs_dir
-from attnviz.stats import count_flops, count_params
+from attnviz.stats import count_params
 from attnviz.training import setup
-from attnviz.training.averaging import WeightAverage, recompute_batchnorm
+from attnviz.training.averaging import WeightAverage
 from attnviz.training.batches import augment_batch, criterion, epoch_shard, mixed_seed
 from attnviz.training.clock import clock, install_suspend_clock
 from attnviz.training.distributed import Ranks, process_group
+from attnviz.training.endings import RunEndings, StopRun
 from attnviz.training.metrics import EVAL_BATCH, attention_statistics, evaluate
 from attnviz.training.recipe import (
     Callback,
@@ -45,21 +44,11 @@ from attnviz.training.recipe import (
 from attnviz.training.state import (
     finished_card,
     load_optimizer,
-    mark_diverged,
     read_resume,
     state_path,
-    write_state,
 )
 
 CANCEL_FILE = "CANCEL"
-
-
-class _Stop(Exception):
-    """Leaves the loop: ``kind`` is ``cancel`` or ``diverged``; (epoch, step) is the last step done."""
-
-    def __init__(self, kind: str, reason: str, epoch: int = 0, step: int = 0):
-        super().__init__(reason)
-        self.kind, self.reason, self.epoch, self.step = kind, reason, epoch, step
 
 
 def train(
@@ -135,8 +124,9 @@ class _Tally:
         return float(self.correct) / max(self.seen, 1)
 
 
-class _Run:
-    """One training run; built completely here, then :meth:`execute` runs the loop."""
+class _Run(RunEndings):
+    """One training run; built completely here, then :meth:`execute` runs the loop (its endings and
+    checkpoints: :class:`~attnviz.training.endings.RunEndings`)."""
 
     def __init__(self, net: nn.Module, data: ImageDataset, recipe: Recipe, out_dir: Path, name: str, emit,
                  cancel_event: threading.Event | None, ranks: Ranks, resume: bool):
@@ -215,8 +205,8 @@ class _Run:
                 self.train_time = self._elapsed()
                 self._end_epoch(epoch, tally, train_seconds)
                 if epoch + 1 < self.total_epochs and self._cancel_requested():
-                    raise _Stop("cancel", "cancelled by request", epoch, self.steps_per_epoch - 1)
-        except _Stop as stop:
+                    raise StopRun("cancel", "cancelled by request", epoch, self.steps_per_epoch - 1)
+        except StopRun as stop:
             self.train_time = self._elapsed()
             return self._stopped(stop)
         self.train_time = self._elapsed()
@@ -249,7 +239,7 @@ class _Run:
             # first (evaluation, history, checkpoint) and the cancel is honoured right after it
             if not last and self._cancel_requested():
                 self._check_pending(epoch, step)
-                raise _Stop("cancel", "cancelled by request", epoch, step)
+                raise StopRun("cancel", "cancelled by request", epoch, step)
         self._check_pending(epoch, self.steps_per_epoch - 1)
         return tally
 
@@ -294,7 +284,7 @@ class _Run:
     def _check_finite(self, value: float, epoch: int, step: int) -> None:
         if self.ranks.any(not math.isfinite(value)):
             shown = value if not math.isfinite(value) else "non-finite (on another rank)"
-            raise _Stop("diverged", f"the loss became {shown} at epoch {epoch + 1}, step {step + 1}")
+            raise StopRun("diverged", f"the loss became {shown} at epoch {epoch + 1}, step {step + 1}")
 
     def _check_pending(self, epoch: int, step: int) -> None:
         if self.pending_loss is not None:
@@ -368,107 +358,3 @@ class _Run:
                 "eta_s": remaining * elapsed / max(self.steps_done_here, 1), "attention": attention,
             } | ({"average_test_acc": entry["average_test_acc"]} if "average_test_acc" in entry else {}))
         self.ranks.barrier()
-
-    # ------------------------------------------------------------------------------ endings
-    def _finish(self) -> TrainResult:
-        card_path, card = self.out_dir / f"{self.name}.json", {}
-        if self.average.count:  # every rank: the same mean and the same pass, so the weights stay equal
-            self.average.apply_to(self.net)
-            recompute_batchnorm(self.net, self.train_x, self.mean, self.std, device=self.device,
-                                channels_last=self.channels_last, augment=self.recipe.augment)
-            self.train_time = self._elapsed()  # the statistics pass is part of the training
-        if self.ranks.rank == 0:
-            metrics = self._final_metrics()
-            card_path = self._save("complete", metrics, float(self.total_epochs), position=None)
-            self.state_path.unlink(missing_ok=True)
-            card = read_card(card_path)
-            self.emit({"event": "end", "status": "complete", "checkpoint": str(card_path),
-                       "test_acc": metrics["test_acc"], "test_loss": metrics["test_loss"],
-                       "n_test": metrics["n_test"], "train_time_s": round(self.train_time, 2)})
-        self.ranks.barrier()
-        return TrainResult(card_path, card, self.history, "complete")
-
-    def _stopped(self, stop: _Stop) -> TrainResult:
-        card_path = self.out_dir / f"{self.name}.json"
-        if stop.kind == "diverged":
-            if self.ranks.rank == 0:
-                mark_diverged(card_path, stop.reason)
-                self.emit({"event": "error", "kind": "diverged", "reason": stop.reason,
-                           "checkpoint": str(card_path) if card_path.exists() else None})
-            self.ranks.barrier()
-            error = TrainingDiverged(f"Training diverged: {stop.reason}; the last good checkpoint was kept.")
-            error.checkpoint, error.reason = card_path, stop.reason
-            raise error
-        # cancel: the weights after the last completed step are consistent; save them and the position
-        if stop.step + 1 < self.steps_per_epoch:
-            next_epoch, next_step = stop.epoch, stop.step + 1
-        else:
-            next_epoch, next_step = stop.epoch + 1, 0
-        if self.ranks.rank == 0:
-            metrics = self._final_metrics()
-            epochs_done = round(next_epoch + next_step / self.steps_per_epoch, 4)
-            card_path = self._save("cancelled", metrics, epochs_done, position=(next_epoch, next_step))
-            self.cancel_file.unlink(missing_ok=True)
-            self.emit({"event": "error", "kind": "cancelled", "reason": stop.reason, "checkpoint": str(card_path),
-                       "test_acc": metrics["test_acc"], "epochs_done": epochs_done})
-        self.ranks.barrier()
-        error = TrainingCancelled(
-            f"Training was cancelled after {next_epoch} epoch(s) and {next_step} step(s); "
-            f"the checkpoint {card_path.name} holds the weights at that point (resume with --resume)."
-        )
-        error.checkpoint = card_path
-        raise error
-
-    # --------------------------------------------------------------------------------- saving
-    def _card(self, status: str, metrics: dict, epochs_done: float) -> dict:
-        from attnviz import __version__
-
-        if self.flops is None:
-            self.flops = count_flops(copy.deepcopy(self.net).to("cpu").float(), (self.in_chans, *self.data.input_size))
-        return self.data.card_fields() | {
-            "name": self.name, "spec": self.spec, "in_chans": self.in_chans, "mean": list(self.mean),
-            "std": list(self.std), "metrics": metrics, "recipe": self.recipe.to_dict(), "seed": self.recipe.seed,
-            "attnviz_version": __version__, "flops": self.flops, "train_time_s": round(self.train_time, 2),
-            "device": self.device_label + (f" x{self.ranks.world} (DDP)" if self.ranks.world > 1 else ""),
-            "training_precision": precision_label(self.autocast_dtype, self.channels_last),
-            "torch_version": torch.__version__, "status": status, "epochs_done": epochs_done,
-            "n_train": self.data.n_train, "history": self.history,
-        }
-
-    def _average_monitor(self) -> float:
-        """Test accuracy of the weights averaged so far (BN recomputed on every 5th training image; a monitor)."""
-        averaged = copy.deepcopy(self.net)
-        self.average.apply_to(averaged)
-        recompute_batchnorm(averaged, self.train_x[::5], self.mean, self.std, device=self.device,
-                            autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
-                            augment=self.recipe.augment)
-        return evaluate(averaged, self.test_x, self.test_y, self.mean, self.std, num_classes=self.data.num_classes,
-                        device=self.device, autocast_dtype=self.autocast_dtype,
-                        channels_last=self.channels_last)["test_acc"]
-
-    def _final_metrics(self) -> dict:
-        """Measure like ``attnviz eval``: CPU, float32, contiguous copy of the weights."""
-
-        clone = create_model(self.spec, num_classes=self.data.num_classes, in_chans=self.in_chans)
-        clone.load_state_dict(state_dict_for_saving(self.net))
-        metrics = evaluate(clone, self.test_x, self.test_y, self.mean, self.std,
-                           num_classes=self.data.num_classes, device="cpu")
-        metrics["measured_by"] = f"attnviz eval (cpu, float32, batch {EVAL_BATCH})"
-        return metrics
-
-    def _save(self, status: str, metrics: dict, epochs_done: float, position: tuple[int, int] | None) -> Path:
-        """Write the checkpoint (card last), then the resume state; rank 0 only."""
-        try:
-            card_path = save_checkpoint(self.net, self.out_dir, self.name, self._card(status, metrics, epochs_done))
-            if position is not None:
-                write_state(self.state_path, self.net, self.optimizer, {
-                    "name": self.name, "spec": self.spec, "dataset": portable_dataset_name(self.data.name),
-                    "recipe": self.recipe.to_state(),
-                    "epoch": position[0], "averaged": self.average.count,
-                    "step": position[1], "world_size": self.ranks.world, "history": self.history,
-                    "train_time_s": self.train_time, "mean": list(self.mean), "std": list(self.std),
-                }, extra=self.average.to_tensors())
-        except CheckpointError as err:
-            raise TrainingError(f"{err} Training stopped; the previous checkpoint was kept.") from err
-        self.emit({"event": "checkpoint", "path": str(card_path), "status": status, "epochs_done": epochs_done})
-        return card_path
