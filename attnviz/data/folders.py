@@ -191,55 +191,19 @@ def _decode_tree(files, canonical: str, image_size: int | None, test_fraction: f
     entries = [(rel, reader) for rel, reader in files.items() if _wanted(rel)]
     if not entries:
         raise DatasetError(f"{files.label} holds no image files (.jpg, .png, ...) in class sub-folders.")
-    # Look through a single top-level folder (archives made with `tar -czf x.tar.gz myset/`).
-    while True:
-        tops = {rel.split("/", 1)[0] for rel, _ in entries}
-        if len(tops) == 1 and all(rel.count("/") >= 3 for rel, _ in entries):
-            top = next(iter(tops))
-            entries = [(rel.split("/", 1)[1], reader) for rel, reader in entries]
-            if top.lower() in ("train", "test"):  # it was the split itself; undo
-                entries = [(f"{top}/{rel}", reader) for rel, reader in entries]
-                break
-            continue
-        break
-    tops = {rel.split("/", 1)[0] for rel, _ in entries}
-    split_layout = "train" in tops and "test" in tops
+    entries = _without_wrapper_folders(entries)
+    split_layout = {"train", "test"} <= {rel.split("/", 1)[0] for rel, _ in entries}
     if split_layout:
         train_files = {rel.split("/", 1)[1]: r for rel, r in entries if rel.startswith("train/")}
         test_files = {rel.split("/", 1)[1]: r for rel, r in entries if rel.startswith("test/")}
     else:
         train_files, test_files = _held_out_split(dict(entries), test_fraction)
-
-    def classes_of(tree: dict) -> dict[str, list[str]]:
-        by_class: dict[str, list[str]] = {}
-        for rel in tree:
-            if "/" not in rel:
-                continue  # an image beside the class folders has no class
-            by_class.setdefault(rel.split("/", 1)[0], []).append(rel)
-        return {k: sorted(v) for k, v in sorted(by_class.items())}
-
-    train_classes = classes_of(train_files)
-    test_classes = classes_of(test_files)
-    where = f"{files.label}{'/train' if split_layout else ''}"
-    if not train_classes:
-        raise DatasetError(f"{where} has no class sub-folders with images.")
-    if len(train_classes) < 2:
-        raise DatasetError(f"{where} has only one class ('{next(iter(train_classes))}'); at least two are needed.")
-    unknown = sorted(set(test_classes) - set(train_classes))
-    if unknown:
-        raise DatasetError(f"{files.label}/test has classes not in train: {', '.join(unknown[:5])}.")
-    if not test_classes:
-        raise DatasetError(f"{files.label} has no test images.")
-    class_names = list(train_classes)
-    index = {name: i for i, name in enumerate(class_names)}
-
-    def ordered(tree: dict, by_class: dict) -> list[tuple[str, Callable[[], bytes], int]]:
-        return [(rel, tree[rel], index[cls]) for cls, rels in by_class.items() for rel in rels]
-
-    train_list = ordered(train_files, train_classes)
-    test_list = ordered(test_files, test_classes)
-    prefix_train = "train/" if split_layout else ""
-    prefix_test = "test/" if split_layout else ""
+    train_classes, test_classes = _classes_of(train_files), _classes_of(test_files)
+    _check_classes(files.label, split_layout, train_classes, test_classes)
+    index = {name: i for i, name in enumerate(train_classes)}
+    train_list = [(rel, train_files[rel], index[cls]) for cls, rels in train_classes.items() for rel in rels]
+    test_list = [(rel, test_files[rel], index[cls]) for cls, rels in test_classes.items() for rel in rels]
+    prefix_train, prefix_test = ("train/", "test/") if split_layout else ("", "")
     decoded_train = [_decode_image(reader(), f"{files.label}/{prefix_train}{rel}") for rel, reader, _ in train_list]
     decoded_test = [_decode_image(reader(), f"{files.label}/{prefix_test}{rel}") for rel, reader, _ in test_list]
     grey = all(img.mode == "L" for img in decoded_train + decoded_test)
@@ -249,20 +213,54 @@ def _decode_tree(files, canonical: str, image_size: int | None, test_fraction: f
         target = (int(image_size), int(image_size))
     elif len(sizes) > 1:
         target = (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
-
-    def stack(images) -> torch.Tensor:
-        arrays = [_to_array(img, grey, target) for img in images]
-        array = np.stack(arrays) if arrays else np.zeros((0, 1 if grey else 3, *(target or next(iter(sizes))[::-1])), np.uint8)
-        return torch.from_numpy(array)
-
     return ImageDataset(
         name=canonical,
-        train_images=stack(decoded_train),
+        train_images=_stack(decoded_train, grey, target, sizes),
         train_labels=torch.tensor([label for _, _, label in train_list], dtype=torch.int64),
-        test_images=stack(decoded_test),
+        test_images=_stack(decoded_test, grey, target, sizes),
         test_labels=torch.tensor([label for _, _, label in test_list], dtype=torch.int64),
-        class_names=class_names,
+        class_names=list(train_classes),
     )
+
+
+def _without_wrapper_folders(entries: list) -> list:
+    """Look through single top-level folders (archives made with ``tar -czf x.tar.gz myset/``)."""
+    while True:
+        tops = {rel.split("/", 1)[0] for rel, _ in entries}
+        if not (len(tops) == 1 and all(rel.count("/") >= 3 for rel, _ in entries)):
+            return entries
+        top = next(iter(tops))
+        if top.lower() in ("train", "test"):  # it is the split itself: keep it
+            return entries
+        entries = [(rel.split("/", 1)[1], reader) for rel, reader in entries]
+
+
+def _classes_of(tree: dict) -> dict[str, list[str]]:
+    """``{class folder: sorted relative paths}``, classes sorted; an image beside the folders has no class."""
+    by_class: dict[str, list[str]] = {}
+    for rel in tree:
+        if "/" in rel:
+            by_class.setdefault(rel.split("/", 1)[0], []).append(rel)
+    return {k: sorted(v) for k, v in sorted(by_class.items())}
+
+
+def _check_classes(label: str, split_layout: bool, train_classes: dict, test_classes: dict) -> None:
+    where = f"{label}{'/train' if split_layout else ''}"
+    if not train_classes:
+        raise DatasetError(f"{where} has no class sub-folders with images.")
+    if len(train_classes) < 2:
+        raise DatasetError(f"{where} has only one class ('{next(iter(train_classes))}'); at least two are needed.")
+    unknown = sorted(set(test_classes) - set(train_classes))
+    if unknown:
+        raise DatasetError(f"{label}/test has classes not in train: {', '.join(unknown[:5])}.")
+    if not test_classes:
+        raise DatasetError(f"{label} has no test images.")
+
+
+def _stack(images, grey: bool, target, sizes: set) -> torch.Tensor:
+    arrays = [_to_array(img, grey, target) for img in images]
+    array = np.stack(arrays) if arrays else np.zeros((0, 1 if grey else 3, *(target or next(iter(sizes))[::-1])), np.uint8)
+    return torch.from_numpy(array)
 
 
 def _held_out_split(tree: dict, test_fraction: float) -> tuple[dict, dict]:
