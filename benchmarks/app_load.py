@@ -21,7 +21,11 @@ figures, report, sidebar, cache lookups...) and the time it waited for model loc
 sessions; the benchmark prints the median of each for phase 1 and phase 2 beside the browser-side
 latency.
 
-    .venv/bin/python benchmarks/app_load.py [--sessions 4] [--cycles 20] [--memory-cycles 100]
+    .venv/bin/python benchmarks/app_load.py [--sessions 4] [--cycles 20] [--memory-cycles 100] [--processes 1]
+
+``--processes N`` (N > 1) serves the app as a classroom would past one process (``attnviz.cluster``:
+N app processes behind nginx with sticky sessions; each new browser session goes to the next process);
+the memory is then the sum over the processes. Run it with and without to compare on one machine.
 
 Needs Chromium at /usr/bin/chromium (``apt-get install -y chromium``) and the ``playwright`` package.
 """
@@ -30,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -41,8 +47,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "app"))  # the test harness's server starter
 
-from appserver import CHROMIUM, CHROMIUM_ARGS, app_server  # noqa: E402
+from appserver import CHROMIUM, CHROMIUM_ARGS, app_server, free_port  # noqa: E402
 
+from attnviz.cluster import Cluster  # noqa: E402
 from attnviz.paths import SAMPLE_DIR  # noqa: E402
 
 
@@ -168,11 +175,36 @@ async def run(args) -> None:
         await measure(args, pictures, home, profile, async_playwright)
 
 
+@contextlib.contextmanager
+def serve(processes: int, home: Path):
+    """The app at one address: (base URL, the app processes' pids)."""
+    if processes == 1:
+        with app_server(home) as (base, server):
+            yield base, [server.pid]
+        return
+    base_port = free_port()
+    while any(not _port_free(base_port + i) for i in range(processes)):
+        base_port = free_port()
+    with Cluster(processes=processes, port=free_port(), base_port=base_port, home=home,
+                 state_dir=home.parent / "cluster") as cluster:
+        yield cluster.url, [child.pid for child in cluster.children[:processes]]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 async def measure(args, pictures, home: str, profile: Path, async_playwright) -> None:
-    with app_server(Path(home) / "home") as (base, server):
+    with serve(args.processes, Path(home) / "home") as (base, pids):
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            print(f"server up; {args.warmup + args.cycles} single cycles...", file=sys.stderr, flush=True)
+            print(f"{args.processes} app process(es) up; {args.warmup + args.cycles} single cycles...",
+                  file=sys.stderr, flush=True)
             single = []
             single_started = None
             for i in range(args.warmup + args.cycles):
@@ -193,12 +225,12 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
             concurrent_ended = time.time()
 
             await asyncio.sleep(3)
-            rss_start = rss_mb(server.pid)
+            rss_start = sum(rss_mb(pid) for pid in pids)
             print(f"{args.memory_cycles} memory cycles...", file=sys.stderr, flush=True)
             for _ in range(args.memory_cycles):
                 await cycle(browser, base, next(pictures))
             await asyncio.sleep(3)
-            rss_end = rss_mb(server.pid)
+            rss_end = sum(rss_mb(pid) for pid in pids)
             await browser.close()
 
     print_breakdown(server_breakdown(profile, single_started, single_ended),
@@ -208,7 +240,7 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
           f"{len(concurrent)} cycles in {args.sessions} concurrent sessions)")
     print(f"  single      median {statistics.median(single):6.2f} s   p95 {single_p95:6.2f} s")
     print(f"  concurrent  median {statistics.median(concurrent):6.2f} s   p95 {concurrent_p95:6.2f} s")
-    print(f"  p95 ratio {concurrent_p95 / single_p95:.2f}x (target <= 2.5x)")
+    print(f"  p95 ratio {concurrent_p95 / single_p95:.2f}x (target <= 2.5x; {args.processes} app process(es))")
     print(f"Server memory: {rss_start:.0f} MB after both phases, {rss_end:.0f} MB after {args.memory_cycles} more "
           f"upload-and-explain cycles: {rss_end - rss_start:+.0f} MB (target <= +50 MB per 100 cycles)")
 
@@ -219,9 +251,10 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20, help="timed cycles per phase")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--memory-cycles", type=int, default=100)
+    parser.add_argument("--processes", type=int, default=1, help="app processes behind nginx (attnviz.cluster)")
     args = parser.parse_args()
-    if min(args.sessions, args.cycles) < 1 or min(args.warmup, args.memory_cycles) < 0:
-        parser.error("--sessions and --cycles must be >= 1, --warmup and --memory-cycles >= 0")
+    if min(args.sessions, args.cycles, args.processes) < 1 or min(args.warmup, args.memory_cycles) < 0:
+        parser.error("--sessions, --cycles and --processes must be >= 1, --warmup and --memory-cycles >= 0")
     if args.warmup + args.cycles * 2 + args.memory_cycles + args.sessions > len(fresh_pictures()):
         parser.error(f"only {len(fresh_pictures())} fresh pictures: ask for fewer cycles")
     if not Path(CHROMIUM).exists():

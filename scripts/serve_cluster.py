@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-port", type=int, default=8601, help="the first app process's port")
     parser.add_argument("--listen", default="127.0.0.1", help="nginx's listen address (0.0.0.0: every network)")
     parser.add_argument("--home", type=Path, default=None, help="shared ATTNVIZ_HOME (default ~/.attnviz)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per app process (default: the cores divided among the processes)")
     args = parser.parse_args(argv)
     try:
         cluster = Cluster(processes=args.processes, port=args.port, base_port=args.base_port, home=args.home,
-                          listen_host=args.listen)
+                          listen_host=args.listen, threads_per_process=args.threads)
         cluster.start()
     except AttnvizError as err:
         print(f"error: {err}", file=sys.stderr)

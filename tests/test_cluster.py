@@ -109,8 +109,16 @@ def test_a_cookie_naming_no_process_of_the_cluster_goes_round_robin(proxy):
     ({"processes": 0}, "between 1 and 64"),
     ({"port": 80}, "between 1024"),
     ({"port": 8601, "base_port": 8601}, "also an app process's port"),
+    ({"threads_per_process": 0}, "threads per app process"),
 ])
 def test_bad_cluster_settings_are_refused_in_one_sentence(tmp_path, arguments, words):
     with pytest.raises(AttnvizError) as err:
         Cluster(home=tmp_path, **arguments)
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_cores_are_shared_out_among_the_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert Cluster(home=tmp_path, processes=2).threads_per_process == 4
+    assert Cluster(home=tmp_path, processes=16).threads_per_process == 1  # never zero
+    assert Cluster(home=tmp_path, processes=2, threads_per_process=3).threads_per_process == 3

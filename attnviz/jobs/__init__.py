@@ -30,6 +30,7 @@ The package: :mod:`~attnviz.jobs.requests` (``TrainRequest``, ``JobStatus``), :m
 from attnviz.jobs.progress import read_events, summarize
 from attnviz.jobs.queue import MAX_QUEUE, TrainingJobs, get_jobs
 from attnviz.jobs.requests import DATASET_CHOICES, TERMINAL_STATES, JobStatus, TrainRequest
+from attnviz.paths import runs_dir  # re-exported: the module had it before it became a package
 
 __all__ = ["DATASET_CHOICES", "MAX_QUEUE", "TERMINAL_STATES", "JobStatus", "TrainRequest", "TrainingJobs",
-           "get_jobs", "read_events", "summarize"]
+           "get_jobs", "read_events", "runs_dir", "summarize"]
