@@ -92,21 +92,68 @@ def excitation_profiles(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
     key = cache_key or model_fingerprint(model)
     if cache_path is not None:
         cache_path = Path(cache_path)
-        if cache_path.is_file():
-            try:
-                with np.load(cache_path, allow_pickle=False) as stored:
-                    arrays = {k: stored[k] for k in stored.files}
-                if json.loads(str(arrays.pop("meta")))["key"] == key:
-                    return ExcitationProfiles.from_arrays(arrays)
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable or stale cache: recompute
+        cached = _read_cache(cache_path, key)
+        if cached is not None:
+            return cached
     num_classes = num_classes or int(getattr(model, "num_classes", 0) or 0)
     if not num_classes:
         raise AttnvizError("excitation profiles need the number of classes")
-    sums: dict[str, np.ndarray] = {}
-    squares: dict[str, np.ndarray] = {}
-    kinds: dict[str, str] = {}
-    counts = np.zeros(num_classes, dtype=np.int64)
+    sums = _class_sums(model, batches, num_classes)
+    if sums.counts.sum() == 0:
+        raise AttnvizError("the dataset gave no images")
+    profiles = sums.profiles()
+    if cache_path is not None:
+        _write_cache(cache_path, key, profiles)
+    return profiles
+
+
+def _read_cache(cache_path: Path, key: str) -> ExcitationProfiles | None:
+    """The profiles stored at ``cache_path`` if they were made with ``key``, else None."""
+    if not cache_path.is_file():
+        return None
+    try:
+        with np.load(cache_path, allow_pickle=False) as stored:
+            arrays = {k: stored[k] for k in stored.files}
+        if json.loads(str(arrays.pop("meta")))["key"] == key:
+            return ExcitationProfiles.from_arrays(arrays)
+    except (OSError, ValueError, KeyError):
+        pass  # unreadable or stale cache: recompute
+    return None
+
+
+def _write_cache(cache_path: Path, key: str, profiles: ExcitationProfiles) -> None:
+    """Atomic write (temporary file, then rename), so a reader never sees half a cache."""
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
+    np.savez(tmp, meta=np.asarray(json.dumps({"key": key})), **profiles.to_arrays())
+    tmp.replace(cache_path)
+
+
+@dataclass
+class _ClassSums:
+    """Per site, per class: the sum and the sum of squares of every channel's weight [K, C]; images per class [K]."""
+
+    sums: dict[str, np.ndarray]
+    squares: dict[str, np.ndarray]
+    kinds: dict[str, str]
+    counts: np.ndarray
+
+    def profiles(self) -> ExcitationProfiles:
+        sites = list(self.sums)
+        safe = np.maximum(self.counts, 1)[:, None].astype(np.float64)
+        means, stds, specs = {}, {}, {}
+        for site in sites:
+            mean = self.sums[site] / safe
+            var = np.maximum(self.squares[site] / safe - mean**2, 0.0)
+            means[site] = mean.astype(np.float32)
+            stds[site] = np.sqrt(var).astype(np.float32)
+            specs[site] = specialisation_score(mean, var, self.counts)
+        return ExcitationProfiles(sites, self.kinds, means, stds, self.counts, specs)
+
+
+def _class_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int) -> _ClassSums:
+    """Probe every batch and add each image's channel weights to its class's sums (float64)."""
+    totals = _ClassSums({}, {}, {}, np.zeros(num_classes, dtype=np.int64))
     device = model_device(model)
     for images, labels in batches:
         result = probe(model, images.to(device))
@@ -114,30 +161,13 @@ def excitation_profiles(model: nn.Module, batches: Iterable[tuple[torch.Tensor, 
         if labels_np.size and (labels_np.min() < 0 or labels_np.max() >= num_classes):
             raise AttnvizError(f"a label lies outside 0..{num_classes - 1}")
         one_hot = np.eye(num_classes, dtype=np.float64)[labels_np]  # [B, K]
-        counts += one_hot.sum(axis=0).astype(np.int64)
+        totals.counts += one_hot.sum(axis=0).astype(np.int64)
         for site, weights in result.channel_weights().items():
             w = weights.double().numpy()
-            if site not in sums:
-                sums[site] = np.zeros((num_classes, w.shape[1]))
-                squares[site] = np.zeros((num_classes, w.shape[1]))
-                kinds[site] = result[site].kind
-            sums[site] += one_hot.T @ w
-            squares[site] += one_hot.T @ (w * w)
-    if counts.sum() == 0:
-        raise AttnvizError("the dataset gave no images")
-    sites = list(sums)
-    safe = np.maximum(counts, 1)[:, None].astype(np.float64)
-    means, stds, specs = {}, {}, {}
-    for site in sites:
-        mean = sums[site] / safe
-        var = np.maximum(squares[site] / safe - mean**2, 0.0)
-        means[site] = mean.astype(np.float32)
-        stds[site] = np.sqrt(var).astype(np.float32)
-        specs[site] = specialisation_score(mean, var, counts)
-    profiles = ExcitationProfiles(sites, kinds, means, stds, counts, specs)
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
-        np.savez(tmp, meta=np.asarray(json.dumps({"key": key})), **profiles.to_arrays())
-        tmp.replace(cache_path)
-    return profiles
+            if site not in totals.sums:
+                totals.sums[site] = np.zeros((num_classes, w.shape[1]))
+                totals.squares[site] = np.zeros((num_classes, w.shape[1]))
+                totals.kinds[site] = result[site].kind
+            totals.sums[site] += one_hot.T @ w
+            totals.squares[site] += one_hot.T @ (w * w)
+    return totals

@@ -201,62 +201,9 @@ def _write_report(study: StudyRun, plan: InterflowBudget, data_label: str, resul
     summary = summarise(results)
     tables, series, plots = [], [], []
     for arch, variants in summary.items():
-        n = ARCH_STAGES[arch]
-        rows = []
-        for variant in VARIANTS:
-            s = variants.get(variant)
-            if s is None:
-                continue
-            weights = _weights_per_branch(s["final_weights"])
-            rows.append([variant, s["spec"], f"{s['test_acc_mean']:.2f} ± {s['test_acc_std']:.2f}", s["seeds"],
-                         *[round(a, 2) for a in s["branch_acc"]], *[round(w, 3) for w in weights]])
-        tables.append(Table(
-            id=f"{arch}-accuracy", title=f"{arch}: accuracy, each branch's own accuracy and final branch weights",
-            columns=["aggregation", "spec", "test acc % (mean ± std)", "seeds",
-                     *[f"branch {i + 1} acc %" for i in range(n)], *[f"w{i + 1} (end)" for i in range(n)]],
-            rows=rows,
-            caption=(f"{data_label}; {plan.epochs} epochs, batch {plan.batch_size}. Branch 1 = shallowest stage. "
-                     "Weights: soft = the learned weight; per_class = mean over classes of the learned weights; "
-                     "hard = the fixed weights."),
-            paper={"title": "The paper reports no table for these variants; its claims (§3.3) are checked below.",
-                   "columns": ["claim", "paper's statement"], "source": "interflow.md §3.3",
-                   "rows": [["3", "in late training, shallow-stage branch weights may become negative and deep ones "
-                                  "positive, slowing the shallow layers' fitting (less over-fitting)"],
-                            ["4", "redundant deep stages can get tiny or zero weights (eases choosing the depth)"],
-                            ["5", "stages that harm very deep networks get slight or zero weights (less degradation)"]]},
-        ))
-        claim_rows = []
-        for variant in ("soft", "per_class"):
-            c = variants.get(variant, {}).get("claims")
-            if c is None:
-                continue
-            claim_rows.append([variant, " / ".join(f"{w:+.3f}" for w in c["weights_per_branch"]),
-                               " / ".join(f"{f:.2f}" for f in c["negative_fraction"]),
-                               "yes" if c["claim3_shallow_negative_deep_positive"] else "no",
-                               ", ".join(str(i + 1) for i in c["near_zero_branches"]) or "none",
-                               c["largest_weight_branch"] + 1, c["best_branch"] + 1,
-                               round(c["spearman_weight_vs_branch_acc"], 2)
-                               if c["spearman_weight_vs_branch_acc"] is not None else None])
-        tables.append(Table(
-            id=f"{arch}-claims", title=f"{arch}: the learned weights against claims 3-5",
-            columns=["aggregation", "weights per branch (end)", "fraction negative", "claim 3: w1 < 0 < w_last",
-                     "near-zero branches (claims 4-5)", "largest-weight branch", "most accurate branch",
-                     "Spearman(weight, branch acc)"],
-            rows=claim_rows,
-            caption=f"Near zero: |w| < {NEAR_ZERO:g} x the largest |w|. Per_class: weights averaged over classes; "
-                    "fraction negative = share of a branch's per-class weights below 0.",
-        ))
-        lines = []
-        for variant in ("soft", "per_class"):
-            s = variants.get(variant)
-            if not s or not s["weights_over_training"]:
-                continue
-            curve = np.asarray(s["weights_over_training"])
-            for b in range(curve.shape[1]):
-                lines.append({"label": f"{variant} w{b + 1}", "x": list(range(1, curve.shape[0] + 1)),
-                              "y": curve[:, b].round(6).tolist()})
-        series.append(Series(id=f"{arch}-weights", title=f"{arch}: learned branch weights over training "
-                             "(per_class: mean over classes)", x_label="epoch", y_label="weight", lines=lines))
+        tables.append(_accuracy_table(arch, variants, plan, data_label))
+        tables.append(_claims_table(arch, variants))
+        series.append(_weights_series(arch, variants))
         plots.append(_plot(study, arch, variants))
     reading = interflow_reading(summary, data_label=data_label, epochs=plan.epochs,
                                 weight_lr=plan.describe(data_label)["learned weights' lr"])
@@ -264,6 +211,74 @@ def _write_report(study: StudyRun, plan: InterflowBudget, data_label: str, resul
     return study.write(question=QUESTION, budget_detail=plan.describe(data_label), seeds=list(plan.seeds),
                        device=device_label(device), tables=tables, series=series, plots=plots,
                        results=summary, reading=reading, unit_times=unit_times)
+
+
+def _accuracy_table(arch: str, variants: dict, plan: InterflowBudget, data_label: str) -> Table:
+    """One row per aggregation: test accuracy, each branch's own accuracy, the final branch weights."""
+    n = ARCH_STAGES[arch]
+    rows = []
+    for variant in VARIANTS:
+        s = variants.get(variant)
+        if s is None:
+            continue
+        weights = _weights_per_branch(s["final_weights"])
+        rows.append([variant, s["spec"], f"{s['test_acc_mean']:.2f} ± {s['test_acc_std']:.2f}", s["seeds"],
+                     *[round(a, 2) for a in s["branch_acc"]], *[round(w, 3) for w in weights]])
+    return Table(
+        id=f"{arch}-accuracy", title=f"{arch}: accuracy, each branch's own accuracy and final branch weights",
+        columns=["aggregation", "spec", "test acc % (mean ± std)", "seeds",
+                 *[f"branch {i + 1} acc %" for i in range(n)], *[f"w{i + 1} (end)" for i in range(n)]],
+        rows=rows,
+        caption=(f"{data_label}; {plan.epochs} epochs, batch {plan.batch_size}. Branch 1 = shallowest stage. "
+                 "Weights: soft = the learned weight; per_class = mean over classes of the learned weights; "
+                 "hard = the fixed weights."),
+        paper={"title": "The paper reports no table for these variants; its claims (§3.3) are checked below.",
+               "columns": ["claim", "paper's statement"], "source": "interflow.md §3.3",
+               "rows": [["3", "in late training, shallow-stage branch weights may become negative and deep ones "
+                              "positive, slowing the shallow layers' fitting (less over-fitting)"],
+                        ["4", "redundant deep stages can get tiny or zero weights (eases choosing the depth)"],
+                        ["5", "stages that harm very deep networks get slight or zero weights (less degradation)"]]},
+    )
+
+
+def _claims_table(arch: str, variants: dict) -> Table:
+    """The learned (soft, per_class) weights held against claims 3-5."""
+    rows = []
+    for variant in ("soft", "per_class"):
+        c = variants.get(variant, {}).get("claims")
+        if c is None:
+            continue
+        rows.append([variant, " / ".join(f"{w:+.3f}" for w in c["weights_per_branch"]),
+                     " / ".join(f"{f:.2f}" for f in c["negative_fraction"]),
+                     "yes" if c["claim3_shallow_negative_deep_positive"] else "no",
+                     ", ".join(str(i + 1) for i in c["near_zero_branches"]) or "none",
+                     c["largest_weight_branch"] + 1, c["best_branch"] + 1,
+                     round(c["spearman_weight_vs_branch_acc"], 2)
+                     if c["spearman_weight_vs_branch_acc"] is not None else None])
+    return Table(
+        id=f"{arch}-claims", title=f"{arch}: the learned weights against claims 3-5",
+        columns=["aggregation", "weights per branch (end)", "fraction negative", "claim 3: w1 < 0 < w_last",
+                 "near-zero branches (claims 4-5)", "largest-weight branch", "most accurate branch",
+                 "Spearman(weight, branch acc)"],
+        rows=rows,
+        caption=f"Near zero: |w| < {NEAR_ZERO:g} x the largest |w|. Per_class: weights averaged over classes; "
+                "fraction negative = share of a branch's per-class weights below 0.",
+    )
+
+
+def _weights_series(arch: str, variants: dict) -> Series:
+    """The learned branch weights after every epoch, one line per (variant, branch)."""
+    lines = []
+    for variant in ("soft", "per_class"):
+        s = variants.get(variant)
+        if not s or not s["weights_over_training"]:
+            continue
+        curve = np.asarray(s["weights_over_training"])
+        for b in range(curve.shape[1]):
+            lines.append({"label": f"{variant} w{b + 1}", "x": list(range(1, curve.shape[0] + 1)),
+                          "y": curve[:, b].round(6).tolist()})
+    return Series(id=f"{arch}-weights", title=f"{arch}: learned branch weights over training "
+                  "(per_class: mean over classes)", x_label="epoch", y_label="weight", lines=lines)
 
 
 def _plot(study: StudyRun, arch: str, variants: dict) -> dict:

@@ -211,25 +211,43 @@ def _write_report(study: StudyRun, plan: InterventionsBudget, data_label: str, r
 
     summary = summarise(results)
     summary_out = {"models": summary, "checkpoints": used}
-    site_rows = []
+    tables = [_per_site_table(results, data_label), _per_stage_table(summary)]
+    branches = _branch_table(results)
+    if branches is not None:
+        tables.append(branches)
+    tables.append(_checkpoints_table(used))
+    plots = [_plot(study, results)] if any(r["sites"] for r in results.values()) else []
+    reading = interventions_reading(summary_out, data_label=data_label)
+    unit_times = [r.get("unit_time_s", 0.0) for r in results.values()]
+    return study.write(question=QUESTION, budget_detail=plan.describe(data_label), seeds=[0],
+                       device=device_label(device), tables=tables, series=[], plots=plots, results=summary_out,
+                       reading=reading, unit_times=unit_times)
+
+
+def _site_rows(results: dict) -> list[list]:
+    """Per model: one row per site, then one for every site at once (dataset mean; attention off beside)."""
+    rows = []
     for name, r in results.items():
         for site, v in r["sites"].items():
             mean, ones = v.get("mean", {}), v.get("ones", {})
-            site_rows.append([name, site, v["kind"], "+".join(v["parts"]), _points(r["accuracy"]),
-                              _points(mean.get("drop")), _points(2 * mean["drop_se"]) if mean.get("drop_se") is not None else None,
-                              "yes" if mean and _separated(mean) else "no", _points(mean.get("changed")),
-                              _points(ones.get("drop")), "yes" if ones and _separated(ones) else "no"])
-        for how_label, how in (("every site", "mean"),):
-            a, o = r["all"].get(how), r["all"].get("ones")
-            if a:
-                site_rows.append([name, how_label, "", "", _points(r["accuracy"]), _points(a["drop"]),
-                                  _points(2 * a["drop_se"]), "yes" if _separated(a) else "no", _points(a["changed"]),
-                                  _points(o["drop"]) if o else None, "yes" if o and _separated(o) else "no"])
-    tables = [Table(
+            rows.append([name, site, v["kind"], "+".join(v["parts"]), _points(r["accuracy"]),
+                         _points(mean.get("drop")), _points(2 * mean["drop_se"]) if mean.get("drop_se") is not None else None,
+                         "yes" if mean and _separated(mean) else "no", _points(mean.get("changed")),
+                         _points(ones.get("drop")), "yes" if ones and _separated(ones) else "no"])
+        a, o = r["all"].get("mean"), r["all"].get("ones")
+        if a:
+            rows.append([name, "every site", "", "", _points(r["accuracy"]), _points(a["drop"]),
+                         _points(2 * a["drop_se"]), "yes" if _separated(a) else "no", _points(a["changed"]),
+                         _points(o["drop"]) if o else None, "yes" if o and _separated(o) else "no"])
+    return rows
+
+
+def _per_site_table(results: dict, data_label: str) -> Table:
+    return Table(
         id="per-site", title="Accuracy drop when one site's attention is replaced by its dataset mean",
         columns=["model", "site", "kind", "readouts replaced", "accuracy %", "drop, mean (points)", "± 2 SE",
                  "separated", "predictions changed %", "drop, attention off (points)", "off: separated"],
-        rows=site_rows,
+        rows=_site_rows(results),
         caption=(f"{data_label}. Drop = accuracy without the intervention minus with it, paired over the same test "
                  "images (positive = the site's picture-dependent attention was needed). 'Attention off' sets the "
                  "weights / masks to 1: the identity for SE, ECA, CBAM and SGE (the SE paper's removal, but without "
@@ -245,39 +263,44 @@ def _write_report(study: StudyRun, plan: InterventionsBudget, data_label: str, r
              ["sec. 4 (complexity)", "removing the SE blocks of the final stage costs only a marginal loss "
               "(<0.1% top-5 error on ImageNet) while saving most of the added parameters"]],
             "Hu, Shen, Albanie, Sun & Wu, IEEE TPAMI 2019 (arXiv 1709.01507), secs. 4 and 7.2 (quoted from the paper; not in ../shared/papers)"),
-    )]
-    stage_rows = []
+    )
+
+
+def _per_stage_table(summary: dict) -> Table:
+    rows = []
     for name, s in summary.items():
         for stage in sorted(set(s["stage_mean"]) | set(s["stage_ones"])):
-            stage_rows.append([name, stage, _points(s["stage_mean"].get(stage)), _points(s["stage_ones"].get(stage))])
-    tables.append(Table(id="per-stage", title="Mean drop per stage (points)",
-                        columns=["model", "stage", "mean over the stage's sites: dataset mean",
-                                 "mean over the stage's sites: attention off"], rows=stage_rows,
-                        caption="The SE paper's question in one number per stage: is the last stage's attention the least needed?"))
-    branch_rows = []
+            rows.append([name, stage, _points(s["stage_mean"].get(stage)), _points(s["stage_ones"].get(stage))])
+    return Table(id="per-stage", title="Mean drop per stage (points)",
+                 columns=["model", "stage", "mean over the stage's sites: dataset mean",
+                          "mean over the stage's sites: attention off"], rows=rows,
+                 caption="The SE paper's question in one number per stage: is the last stage's attention the least needed?")
+
+
+def _branch_table(results: dict) -> Table | None:
+    """Interflow's branches one by one (off, or alone); None when no model has an Interflow head."""
+    rows = []
     for name, r in results.items():
         for b, v in r.get("branches", {}).items():
-            branch_rows.append([name, int(b) + 1, _points(r["accuracy"]), _points(v["branch_off"]["drop"]),
-                                "yes" if _separated(v["branch_off"]) else "no",
-                                _points(v["branch_only"]["accuracy"])])
-    if branch_rows:
-        tables.append(Table(id="interflow-branches", title="Interflow: each branch switched off, or alone",
-                            columns=["model", "branch", "accuracy %", "drop, branch weight := 0 (points)", "separated",
-                                     "accuracy with that branch alone %"], rows=branch_rows,
-                            caption="Branch b alone: the aggregation weights are one-hot at b, so the output is that "
-                                    "stage branch's own logits."))
-    tables.append(Table(
+            rows.append([name, int(b) + 1, _points(r["accuracy"]), _points(v["branch_off"]["drop"]),
+                         "yes" if _separated(v["branch_off"]) else "no",
+                         _points(v["branch_only"]["accuracy"])])
+    if not rows:
+        return None
+    return Table(id="interflow-branches", title="Interflow: each branch switched off, or alone",
+                 columns=["model", "branch", "accuracy %", "drop, branch weight := 0 (points)", "separated",
+                          "accuracy with that branch alone %"], rows=rows,
+                 caption="Branch b alone: the aggregation weights are one-hot at b, so the output is that "
+                         "stage branch's own logits.")
+
+
+def _checkpoints_table(used: list[dict]) -> Table:
+    return Table(
         id="checkpoints", title="Checkpoints measured",
         columns=["name", "spec", "weights sha256", "test acc. (card)", "trained on", "created"],
         rows=[[u["name"], u["spec"], u["sha256"], u["test_acc"], u["dataset"], u["created"]] for u in used],
         caption="Rerunning with other weights (a retrained zoo) recomputes every unit: their configs hold these hashes.",
-    ))
-    plots = [_plot(study, results)] if any(r["sites"] for r in results.values()) else []
-    reading = interventions_reading(summary_out, data_label=data_label)
-    unit_times = [r.get("unit_time_s", 0.0) for r in results.values()]
-    return study.write(question=QUESTION, budget_detail=plan.describe(data_label), seeds=[0],
-                       device=device_label(device), tables=tables, series=[], plots=plots, results=summary_out,
-                       reading=reading, unit_times=unit_times)
+    )
 
 
 def _plot(study: StudyRun, results: dict) -> dict:
