@@ -149,6 +149,32 @@ def topk_figure(probs_by_model: dict[str, np.ndarray], class_names: list[str], c
     return fig
 
 
+def topk_html(probs_by_model: dict[str, np.ndarray], class_names: list[str], colors: list[str], k: int = 5) -> str:
+    """The top-k classes of each model for one picture as HTML bars, side by side (what
+    :func:`topk_figure` shows, without a chart: the Inspect page draws one per picture, and a Plotly
+    chart there cost about as much to build and paint as a model's whole inspection,
+    benchmarks/app_load.py). Names are escaped: a run's name is the user's text."""
+    from html import escape
+
+    columns = []
+    for (name, probs), color in zip(probs_by_model.items(), colors, strict=True):
+        order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+        rows = []
+        for i in order:
+            label = class_names[i] if i < len(class_names) else str(i)
+            share = float(probs[i])
+            rows.append(
+                f'<div style="display:flex;align-items:center;gap:6px;font-size:0.8rem;line-height:1.5">'
+                f'<span style="width:5.5em;text-align:right;opacity:0.8">{escape(label)}</span>'
+                f'<span style="flex:1;height:0.75em;background:rgba(128,128,128,0.12);border-radius:2px">'
+                f'<span style="display:block;height:100%;width:{share * 100:.1f}%;background:{color};'
+                f'border-radius:2px"></span></span>'
+                f'<span style="width:3em;font-variant-numeric:tabular-nums">{share:.0%}</span></div>')
+        columns.append(f'<div style="flex:1;min-width:11em"><div style="font-size:0.8rem;font-weight:600;'
+                       f'color:{color};margin-bottom:2px">{escape(name)}</div>{"".join(rows)}</div>')
+    return f'<div style="display:flex;gap:1.5em;flex-wrap:wrap">{"".join(columns)}</div>'
+
+
 def curves_figure(curves: dict[str, np.ndarray], colors: list[str], *, y_title: str) -> go.Figure:
     """Deletion or insertion curves (target probability vs fraction of pixels changed), one per model."""
     fig = go.Figure()

@@ -257,8 +257,9 @@ def latency_method() -> str:
     """How every CPU latency in the app is measured (one way, for the Zoo table and the sidebar)."""
     import torch
 
+    threads = torch.get_num_threads()
     return (f"median of {LATENCY_REPEATS} batch-1 float32 forwards after {LATENCY_WARMUPS} warm-ups, "
-            f"{torch.get_num_threads()} CPU threads")
+            f"{threads} CPU thread{'' if threads == 1 else 's'}")
 
 
 def _cached_latency(entry) -> tuple[float | None, str | None]:

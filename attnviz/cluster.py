@@ -35,6 +35,8 @@ from pathlib import Path
 from attnviz.errors import AttnvizError
 from attnviz.paths import REPO_ROOT
 
+SERVING_THREADS_ENV = "ATTNVIZ_THREADS"  # attnviz.device's name, not imported: that would load torch here
+
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/bin/nginx")
 MAX_UPLOAD_MB = 12  # over .streamlit/config.toml's maxUploadSize (10 MB): the app, not nginx, says no
 
@@ -133,7 +135,7 @@ class Cluster:
     home: Path | None = None  # the shared ATTNVIZ_HOME (runs, caches); default: attnviz.paths' own
     state_dir: Path | None = None  # nginx's config, logs and pid; default: HOME/cluster
     listen_host: str = "127.0.0.1"
-    threads_per_process: int | None = None  # torch/OpenMP threads of each; default: the cores shared out
+    threads_per_process: int | None = None  # torch threads of each (ATTNVIZ_THREADS); default: the app's own
     nginx: str | None = None
     children: list[subprocess.Popen] = field(default_factory=list)
 
@@ -147,9 +149,7 @@ class Cluster:
                 raise AttnvizError(f"The {name.replace('_', ' ')} must be between 1024 and 65535.")
         if self.port in self.backend_ports:
             raise AttnvizError(f"The proxy's port {self.port} is also an app process's port; pick another.")
-        if self.threads_per_process is None:
-            self.threads_per_process = max(1, (os.cpu_count() or 1) // self.processes)
-        if not 1 <= self.threads_per_process <= 1024:
+        if self.threads_per_process is not None and not 1 <= self.threads_per_process <= 1024:
             raise AttnvizError("The threads per app process must be between 1 and 1024.")
         self.home = Path(self.home) if self.home is not None else attnviz_home()
         self.state_dir = Path(self.state_dir) if self.state_dir is not None else self.home / "cluster"
@@ -165,17 +165,20 @@ class Cluster:
     def url(self) -> str:
         return f"http://{'127.0.0.1' if self.listen_host in ('0.0.0.0', '') else self.listen_host}:{self.port}"
 
+    def child_environment(self) -> dict[str, str]:
+        """The app processes' environment: one home, one cookie secret, their torch threads."""
+        # Streamlit takes the cookie secret only from its config file or the environment
+        env = {**os.environ, "ATTNVIZ_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
+               "STREAMLIT_SERVER_COOKIE_SECRET": secrets.token_hex(32)}
+        if self.threads_per_process is not None:
+            env[SERVING_THREADS_ENV] = str(self.threads_per_process)
+        return env
+
     def start(self, timeout: float = 180.0) -> Cluster:
         """Start the app processes, wait until each answers its health check, then start nginx."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
-        # Streamlit takes the cookie secret only from its config file or the environment
-        # the cores shared out: processes that each start as many OpenMP threads as there are cores
-        # oversubscribe them, and idle OpenMP threads spin (benchmarks/app_load.py --processes)
-        threads = str(self.threads_per_process)
-        env = {**os.environ, "ATTNVIZ_HOME": str(self.home), "PYTHONUNBUFFERED": "1",
-               "STREAMLIT_SERVER_COOKIE_SECRET": secrets.token_hex(32),
-               "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        env = self.child_environment()
         try:
             for backend in self.backend_ports:
                 log = open(self.state_dir / f"app-{backend}.log", "wb")  # noqa: SIM115 - the child owns it

@@ -1,6 +1,10 @@
-"""Device choice: CUDA when present, then Apple MPS, else CPU. An explicit choice wins."""
+"""Device choice: CUDA when present, then Apple MPS, else CPU. An explicit choice wins. And how many
+CPU threads a serving process gives each computation (:func:`serving_threads`)."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 
 import torch
 
@@ -44,7 +48,8 @@ def describe_device(device: torch.device) -> str:
         return f"CUDA: {torch.cuda.get_device_name(device)}"
     if device.type == "mps":
         return "Apple MPS"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'' if threads == 1 else 's'})"
 
 
 
@@ -52,3 +57,33 @@ def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (the CPU for a model without parameters)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+SERVING_THREADS_ENV = "ATTNVIZ_THREADS"
+DEFAULT_SERVING_THREADS = 1
+
+
+def serving_threads(environ: Mapping[str, str] | None = None) -> int:
+    """Torch intra-op threads for the app server: ``$ATTNVIZ_THREADS``, default 1.
+
+    Why 1: a server runs each session's script on its own Python thread, and every thread that calls a
+    parallel torch kernel starts its own OpenMP team of ``torch.get_num_threads()`` threads, so
+    concurrent sessions oversubscribe the cores, and one busy core (another session, the browser on a
+    laptop-as-server) stalls every team at its barriers. With one thread each, sessions compute side by
+    side. Measured with ``benchmarks/app_load.py`` on 2 cores (browsers on the same machine): 1 thread
+    beat 2 for one session and for 4 concurrent ones; alone on a quiet machine 2 threads are faster
+    for one user, so a single-user install may raise it.
+    """
+    raw = (os.environ if environ is None else environ).get(SERVING_THREADS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SERVING_THREADS
+    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+        raise AttnvizError(f"{SERVING_THREADS_ENV} must be a whole number of threads from 1 to 1024, not '{raw}'.")
+    return int(raw)
+
+
+def configure_serving_threads(environ: Mapping[str, str] | None = None) -> int:
+    """Set torch's intra-op threads to :func:`serving_threads` (process-wide); returns the number."""
+    threads = serving_threads(environ)
+    torch.set_num_threads(threads)
+    return threads

@@ -27,6 +27,11 @@ latency.
 N app processes behind nginx with sticky sessions; each new browser session goes to the next process);
 the memory is then the sum over the processes. Run it with and without to compare on one machine.
 
+Every client is a browser on this machine, in a laptop-sized window (``VIEWPORT``), so the clients' own
+painting competes with the server for the same cores: on a 2-core machine that is most of the concurrent
+slowdown. A cycle that shows no result within ``--timeout`` seconds leaves a screenshot, the page's text
+and (with ``py-spy`` installed) every server thread's stack in ``--diagnostics``.
+
 Needs Chromium at /usr/bin/chromium (``apt-get install -y chromium``) and the ``playwright`` package.
 """
 
@@ -37,8 +42,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +58,8 @@ from appserver import CHROMIUM, CHROMIUM_ARGS, app_server, free_port  # noqa: E4
 
 from attnviz.cluster import Cluster  # noqa: E402
 from attnviz.paths import SAMPLE_DIR  # noqa: E402
+
+VIEWPORT = {"width": 1366, "height": 768}
 
 
 def fresh_pictures() -> list[Path]:
@@ -95,31 +104,44 @@ async def score_captions(page) -> int:
     return sum(1 for t in texts if "deletion" in t and "p=" in t)
 
 
-async def stable_count(page, timeout_s: float) -> int:
-    """The number of scored heat maps once it is non-zero and unchanged for 1 s (painting follows the run)."""
+async def tag_counts(page, timeout_s: float) -> tuple[int, int]:
+    """(models chosen in the sidebar, gallery pictures chosen on the page), the multiselects' tags, once
+    both are drawn."""
     deadline = time.monotonic() + timeout_s
-    previous, same_since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        current = await score_captions(page)
-        if current != previous:
-            previous, same_since = current, time.monotonic()
-        elif current and time.monotonic() - same_since >= 1.0:
-            return current
+        models = await page.locator("[data-testid='stSidebar'] [data-tag]").count()
+        gallery = await page.locator("[data-tag]").count() - models
+        if models and gallery:
+            return models, gallery
         await asyncio.sleep(0.1)
-    return previous
+    raise RuntimeError("Inspect opened with no models or no gallery pictures chosen")
 
 
-async def cycle(browser, base: str, picture: Path, timeout_s: float = 600.0) -> float:
-    """One user: open Inspect, upload ``picture``, wait for its scored heat maps; returns seconds."""
-    context = await browser.new_context(viewport={"width": 1400, "height": 2400})
+async def wait_for_captions(page, expected: int, timeout_s: float) -> None:
+    """Until exactly ``expected`` scored heat maps are on the page."""
+    deadline = time.monotonic() + timeout_s
+    while await score_captions(page) != expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gallery's {expected} scored heat maps did not appear")
+        await asyncio.sleep(0.1)
+
+
+async def one_cycle(browser, base: str, picture: Path, timeout_s: float = 600.0, on_stuck=None) -> float:
+    """One user: open Inspect, upload ``picture``, wait for its scored heat maps; returns seconds.
+
+    ``on_stuck(page, picture)`` (async) is called before a timeout is raised, to keep what the page and
+    the server were doing."""
+    # a laptop's screen, not the whole page: a browser paints what is in view, and every client here
+    # paints on the server's own cores
+    context = await browser.new_context(viewport=VIEWPORT)
     try:
         page = await context.new_page()
         await page.goto(base + "/inspect_image")
         await wait_idle(page, timeout_s)
-        before = await stable_count(page, timeout_s)
-        if before == 0:
-            raise RuntimeError("Inspect showed no scored heat maps for the gallery pictures")
-        models = before // 3  # three gallery pictures by default, one scored map per model each
+        # counted from the choices, not from the maps on screen: a count taken while the last gallery
+        # picture is still being drawn would wait for a number of maps that never comes
+        models, gallery = await tag_counts(page, timeout_s)
+        await wait_for_captions(page, models * gallery, timeout_s)
         started = time.perf_counter()
         await page.locator("input[type='file']").first.set_input_files(str(picture))
         deadline = time.monotonic() + timeout_s
@@ -127,6 +149,8 @@ async def cycle(browser, base: str, picture: Path, timeout_s: float = 600.0) -> 
         # scored maps alone (one per model) and the picture's name is on the page
         while not (await score_captions(page) == models and await page.get_by_text(picture.name).count()):
             if time.monotonic() > deadline:
+                if on_stuck is not None:
+                    await on_stuck(page, picture)
                 raise TimeoutError(f"no heat maps for {picture.name} after {timeout_s:.0f} s")
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
@@ -199,8 +223,30 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def stuck_recorder(folder: Path, pids: list[int]):
+    """What to keep when a cycle times out: the page (screenshot, text) and every server thread's stack."""
+
+    async def on_stuck(page, picture: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{picture.stem}-{int(time.time())}"
+        await page.screenshot(path=str(folder / f"{stem}.png"), full_page=True)
+        (folder / f"{stem}.txt").write_text(await page.inner_text("body"))
+        if shutil.which("py-spy"):  # optional: `pip install py-spy`; stacks of a server that may be stuck
+            for pid in pids:
+                dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True)
+                (folder / f"{stem}-server-{pid}.txt").write_text(dump.stdout + dump.stderr)
+        print(f"a cycle timed out: the page and the server's stacks are in {folder}", file=sys.stderr, flush=True)
+
+    return on_stuck
+
+
 async def measure(args, pictures, home: str, profile: Path, async_playwright) -> None:
     with serve(args.processes, Path(home) / "home") as (base, pids):
+        on_stuck = stuck_recorder(args.diagnostics, pids)
+
+        async def cycle(browser, base, picture):  # every cycle of this run: the run's timeout and record
+            return await one_cycle(browser, base, picture, args.timeout, on_stuck)
+
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             print(f"{args.processes} app process(es) up; {args.warmup + args.cycles} single cycles...",
@@ -252,6 +298,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--memory-cycles", type=int, default=100)
     parser.add_argument("--processes", type=int, default=1, help="app processes behind nginx (attnviz.cluster)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a cycle counts as stuck")
+    parser.add_argument("--diagnostics", type=Path, default=Path(tempfile.gettempdir()) / "attnviz-app-load",
+                        help="where a stuck cycle's screenshot, page text and server stacks go")
     args = parser.parse_args()
     if min(args.sessions, args.cycles, args.processes) < 1 or min(args.warmup, args.memory_cycles) < 0:
         parser.error("--sessions, --cycles and --processes must be >= 1, --warmup and --memory-cycles >= 0")

@@ -58,3 +58,29 @@ def test_device_choice():
     with pytest.raises(AttnvizError):
         pick_device("tpu")
 
+
+
+@pytest.mark.parametrize("value, threads", [(None, 1), ("", 1), (" 3 ", 3), ("1", 1)])
+def test_serving_threads_default_to_one_and_follow_the_environment(value, threads):
+    from attnviz.device import serving_threads
+
+    assert serving_threads({} if value is None else {"ATTNVIZ_THREADS": value}) == threads
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5", "5000"])
+def test_a_bad_thread_count_is_refused_in_one_sentence(value):
+    from attnviz.device import serving_threads
+
+    with pytest.raises(AttnvizError) as err:
+        serving_threads({"ATTNVIZ_THREADS": value})
+    assert "ATTNVIZ_THREADS" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_configuring_serving_threads_sets_torchs_and_returns_it():
+    from attnviz.device import configure_serving_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert configure_serving_threads({"ATTNVIZ_THREADS": "1"}) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

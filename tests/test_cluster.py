@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from attnviz import cluster as cluster_module
 from attnviz.cluster import Cluster, find_nginx, nginx_config
 from attnviz.errors import AttnvizError
 
@@ -117,8 +118,12 @@ def test_bad_cluster_settings_are_refused_in_one_sentence(tmp_path, arguments, w
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
-def test_the_cores_are_shared_out_among_the_processes(tmp_path, monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert Cluster(home=tmp_path, processes=2).threads_per_process == 4
-    assert Cluster(home=tmp_path, processes=16).threads_per_process == 1  # never zero
-    assert Cluster(home=tmp_path, processes=2, threads_per_process=3).threads_per_process == 3
+def test_the_app_processes_get_the_threads_asked_for_else_the_apps_default(tmp_path, monkeypatch):
+    from attnviz import device
+
+    monkeypatch.delenv("ATTNVIZ_THREADS", raising=False)
+    assert cluster_module.SERVING_THREADS_ENV == device.SERVING_THREADS_ENV
+    assert "ATTNVIZ_THREADS" not in Cluster(home=tmp_path).child_environment()
+    env = Cluster(home=tmp_path, threads_per_process=3).child_environment()
+    assert env["ATTNVIZ_THREADS"] == "3" and device.serving_threads(env) == 3
+    assert env["ATTNVIZ_HOME"] == str(tmp_path) and len(env["STREAMLIT_SERVER_COOKIE_SECRET"]) == 64

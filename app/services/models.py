@@ -110,10 +110,27 @@ def spec_params(specs: list[str], num_classes: int = 10) -> dict[str, int | None
     return _spec_params(list(specs), num_classes)
 
 
+@st.cache_resource(show_spinner=False)
+def serving_threads() -> tuple[int, str | None]:
+    """Torch's threads for this process, set once before any model runs
+    (`attnviz.device.configure_serving_threads`): (threads, the error of a bad ATTNVIZ_THREADS or None)."""
+    import torch
+
+    from attnviz.device import DEFAULT_SERVING_THREADS, configure_serving_threads
+    from attnviz.errors import AttnvizError
+
+    try:
+        return configure_serving_threads(), None
+    except AttnvizError as err:
+        torch.set_num_threads(DEFAULT_SERVING_THREADS)
+        return DEFAULT_SERVING_THREADS, str(err)
+
+
 @st.cache_resource(show_spinner=False, max_entries=24)
 def _load_model(model_id: str, path: str | None, sha256: str | None):
     from attnviz.catalog import ZooRow, build_model
 
+    serving_threads()  # before the first model runs (the sidebar has normally done it)
     row = ZooRow.from_dict(zoo_by_id()[model_id])
     model, card = build_model(row)  # eval() and requires_grad_(False) inside: shared read-only
     with _COUNT_LOCK:
@@ -136,6 +153,7 @@ def device_report() -> dict:
     """The compute device and its measured speed (`attnviz.catalog.device_report`), once per process."""
     from attnviz.catalog import device_report as _device_report
 
+    serving_threads()  # measured with the threads the models will run on
     return _device_report()
 
 
@@ -170,6 +188,9 @@ def sidebar() -> list[str]:
     and the device line."""
     import components as ui
 
+    threads_error = serving_threads()[1]
+    if threads_error:
+        st.sidebar.warning(f"{threads_error} Using 1 thread.", icon=":material/warning:")
     rows = zoo_rows()
     chosen = ui.model_picker(rows, default_model_ids(rows))
     ui.device_badge(device_report())

@@ -81,8 +81,8 @@ for index, item in enumerate(good):
     left, right = st.columns([1, 5], vertical_alignment="center")
     left.image(item.thumbnail, caption=item.name, width=120)
     with phase("predictions figure"):
-        right.plotly_chart(figures.topk_figure(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
-                           key=f"inspect_topk_{index}")
+        right.markdown(figures.topk_html(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
+                       unsafe_allow_html=True)
 st.caption("Top-5 classes of each model for each picture: look for models that agree, and for how sure "
            "they are. Untrained models spread their probability almost evenly.")
 

@@ -106,6 +106,18 @@ def test_class_profile_legend_sits_below_the_axes_not_over_the_title():
     assert fig.layout.title.text.startswith("early")
 
 
+def test_top_classes_as_html_bars_escape_names_and_order_by_probability():
+    import figures
+
+    probs = np.array([0.05, 0.6, 0.1, 0.25])
+    html = figures.topk_html({"<b>my run</b>": probs, "resnet20": probs[::-1].copy()}, ["cat", "dog", "<x>", "frog"],
+                             ["#c2410c", "#1d4ed8"], k=3)
+    assert "<b>my run</b>" not in html and "&lt;b&gt;my run&lt;/b&gt;" in html and "&lt;x&gt;" in html
+    first = html[:html.index("resnet20")]
+    assert first.index(">dog<") < first.index(">frog<") < first.index("&lt;x&gt;") and ">cat<" not in first
+    assert "width:60.0%" in first and ">60%<" in first and "#1d4ed8" in html[html.index("resnet20") - 200:]
+
+
 @pytest.mark.slow  # measures every zoo model once (cached on disk afterwards)
 def test_zoo_latency_and_sidebar_latency_are_one_measurement(app):
     import services
