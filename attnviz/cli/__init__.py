@@ -10,10 +10,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from attnviz.errors import AttnvizError
 
 SUBCOMMANDS = ["params", "zoo", "train", "eval", "inspect", "experiment", "sanity"]
+
+
+def output_folder(path: str | None) -> Path | None:
+    """``--out`` as a folder that exists (created if needed), or None when not given."""
+    if not path:
+        return None
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AttnvizError(f"cannot create the output folder {folder} ({err.strerror or err})") from err
+    return folder
 
 
 class _Parser(argparse.ArgumentParser):

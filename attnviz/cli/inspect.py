@@ -21,6 +21,7 @@ import re
 import sys
 from pathlib import Path
 
+from attnviz.cli import output_folder
 from attnviz.errors import AttnvizError, CheckpointError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -198,12 +199,7 @@ def run(args) -> int:
         raise AttnvizError("--topk must be at least 1")
     device = pick_device(args.device)
     models = _load_models(args, device)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir is not None:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise AttnvizError(f"cannot create the output folder {out_dir} ({err.strerror or err})") from err
+    out_dir = output_folder(args.out)
 
     failures = 0
     report = {"method": method, "models": [], "images": [], "errors": []}

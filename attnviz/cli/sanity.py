@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from attnviz.cli import output_folder
 from attnviz.errors import AttnvizError
 
 
@@ -120,12 +121,7 @@ def run(args) -> int:
     model.eval()
     model.requires_grad_(False)
     x, names, pictures = _inputs(args, card, device)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir is not None:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise AttnvizError(f"cannot create the output folder {out_dir} ({err.strerror or err})") from err
+    out_dir = output_folder(args.out)
     result = randomisation_test(model, x, methods=methods, mode=args.mode, granularity=args.granularity,
                                 seed=args.seed, layer=args.layer)
     summary = result.summary()

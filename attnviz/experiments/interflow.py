@@ -266,17 +266,21 @@ def _claims_table(arch: str, variants: dict) -> Table:
     )
 
 
-def _weights_series(arch: str, variants: dict) -> Series:
-    """The learned branch weights after every epoch, one line per (variant, branch)."""
-    lines = []
+def _weight_curves(variants: dict):
+    """(variant, branch index, that branch's weight after every epoch) of the learned-weight variants."""
     for variant in ("soft", "per_class"):
         s = variants.get(variant)
         if not s or not s["weights_over_training"]:
             continue
         curve = np.asarray(s["weights_over_training"])
         for b in range(curve.shape[1]):
-            lines.append({"label": f"{variant} w{b + 1}", "x": list(range(1, curve.shape[0] + 1)),
-                          "y": curve[:, b].round(6).tolist()})
+            yield variant, b, curve[:, b]
+
+
+def _weights_series(arch: str, variants: dict) -> Series:
+    """The learned branch weights after every epoch, one line per (variant, branch)."""
+    lines = [{"label": f"{variant} w{b + 1}", "x": list(range(1, len(weights) + 1)), "y": weights.round(6).tolist()}
+             for variant, b, weights in _weight_curves(variants)]
     return Series(id=f"{arch}-weights", title=f"{arch}: learned branch weights over training "
                   "(per_class: mean over classes)", x_label="epoch", y_label="weight", lines=lines)
 
@@ -295,14 +299,9 @@ def _plot(study: StudyRun, arch: str, variants: dict) -> dict:
     ax_branch.set_title(f"{arch}: each branch's own accuracy")
     ax_branch.legend(fontsize=8)
     styles = {"soft": "-", "per_class": "--"}
-    for variant in ("soft", "per_class"):
-        s = variants.get(variant)
-        if not s or not s["weights_over_training"]:
-            continue
-        curve = np.asarray(s["weights_over_training"])
-        for b in range(curve.shape[1]):
-            ax_weights.plot(range(1, curve.shape[0] + 1), curve[:, b], styles[variant], marker="o", ms=3,
-                            color=f"C{b}", label=f"{variant} w{b + 1}")
+    for variant, b, weights in _weight_curves(variants):
+        ax_weights.plot(range(1, len(weights) + 1), weights, styles[variant], marker="o", ms=3,
+                        color=f"C{b}", label=f"{variant} w{b + 1}")
     ax_weights.axhline(0, color="#888", lw=0.8)
     ax_weights.set_xlabel("epoch")
     ax_weights.set_ylabel("branch weight")
