@@ -351,6 +351,9 @@ def test_precision_and_memory_format_fields_resolve_per_device_and_model():
     assert resolve_precision(Recipe(), cpu, lgam)[1] is (not native)
     assert resolve_precision(Recipe(precision="fp32"), cpu, lgam) == (None, True)
     assert resolve_precision(Recipe(precision="bf16"), cpu, lgam) == (torch.bfloat16, False)
+    for spec in ("resnet20-cbam", "resnet20-sge"):  # also measured slower in channels_last under bf16
+        assert resolve_precision(Recipe(precision="bf16"), cpu, create_model(spec)) == (torch.bfloat16, False)
+    assert resolve_precision(Recipe(precision="bf16"), cpu, create_model("resnet20-eca")) == (torch.bfloat16, True)
     assert resolve_precision(Recipe(precision="fp32", memory_format="contiguous"), cpu, plain) == (None, False)
     assert resolve_precision(Recipe(precision="bf16", memory_format="channels_last"), cpu, lgam) == (torch.bfloat16, True)
     assert precision_label(None, True) == "float32, channels_last"

@@ -36,6 +36,9 @@ class SGE(AttentionModule):
     attn_kind = "sge"
     readouts: ClassVar[dict[str, str]] = {"spatial": "spatial"}
     spatial_mask_tap = "tap_spatial"
+    # the [B, G, C/G, H, W] view needs a layout copy from channels_last; contiguous trains faster under
+    # bf16 on a CPU (benchmarks/trainer_throughput.py prints both formats)
+    channels_last_on_cpu_bf16 = False
 
     def __init__(self, channels: int, groups: int = 64, eps: float = 1e-5, min_group_channels: int = 1):
         super().__init__()

@@ -12,7 +12,7 @@ within every epoch from ``average_lr`` to ``average_lr / 100``, the snapshot bei
 Precision (``Recipe.precision``/``memory_format``, resolved by :func:`resolve_precision`): ``auto`` =
 bf16 autocast on CUDA and on a CPU with native bf16 kernels (AVX512-BF16/AMX), else float32;
 channels_last on CUDA and on the CPU except, under bf16 on a CPU, for a model holding a module that
-declares ``channels_last_on_cpu_bf16 = False`` (LGAM; ``benchmarks/trainer_throughput.py`` prints both
+declares ``channels_last_on_cpu_bf16 = False`` (LGAM, CBAM, SGE; ``benchmarks/trainer_throughput.py`` prints both
 formats).
 """
 
@@ -206,7 +206,7 @@ def resolve_precision(recipe: Recipe, device: torch.device, model: nn.Module) ->
         fast = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
         dtype = torch.bfloat16 if fast else None
     if recipe.memory_format == "auto":
-        # a module declares when channels_last is slower for it under bf16 on a CPU (LGAM)
+        # a module declares when channels_last is slower for it under bf16 on a CPU (LGAM, CBAM, SGE)
         slower = device.type == "cpu" and dtype is not None and any(
             not getattr(module, "channels_last_on_cpu_bf16", True) for module in model.modules())
         channels_last = device.type in ("cuda", "cpu") and not slower

@@ -20,7 +20,7 @@ one-cycle schedule rising from lr/25 to 0.2 over the first 20% of the steps then
 weight decay 5e-4 on weights (not BN/bias), label smoothing 0.1, random crop (pad 4) + flip, seed 0,
 ``precision="auto"`` (bf16 autocast where the CPU has native bf16 kernels or on CUDA; float32 on a CPU
 without them, where emulated bf16 is far slower: ``benchmarks/trainer_throughput.py`` times both) and
-``memory_format="auto"`` (channels_last, except LGAM under bf16 on a CPU). Interflow's learned aggregation weights train at 0.1 x the lr with no weight decay
+``memory_format="auto"`` (channels_last, except LGAM, CBAM and SGE under bf16 on a CPU). Interflow's learned aggregation weights train at 0.1 x the lr with no weight decay
 (``interflow_weight_lr_scale``: at the full lr they collapsed towards 0 within the first epoch and the
 network stalled at 18.5%). Batch 128 rather than 256: on the 2-core AVX2 build machine a ResNet-20
 step was faster per image at 128 (compare the "bare step" lines of ``benchmarks/trainer_throughput.py
