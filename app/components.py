@@ -187,8 +187,10 @@ def image_inputs(gallery: dict[str, list[str]], *, key: str, default_gallery: in
     own = own_pictures()
     if own:
         names, forget = st.columns([5, 1], vertical_alignment="center")
+        set_aside = " The gallery's preselected samples are set aside; change the gallery pick to add samples." \
+            if picked and picked == defaults else ""
         names.caption(f":material/photo_library: Your pictures (kept for this session, shown on every page): "
-                      f"{', '.join(name for name, _ in own)}")
+                      f"{', '.join(name for name, _ in own)}.{set_aside}")
         forget.button("Forget them", key=f"{key}_forget", on_click=forget_own_pictures,
                       help="Remove your pictures from this session (every page)")
     gallery_part = [] if (own and picked == defaults) else picked

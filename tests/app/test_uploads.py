@@ -50,6 +50,8 @@ def test_an_upload_replaces_the_gallery_defaults_and_is_analysed(app, page):
     # the gallery's preselected pictures made way for the user's own
     for label in defaults[:limit]:
         assert label not in captions
+    # ... and the page says so, since the gallery tab still lists them as picked
+    assert any("preselected samples are set aside" in c.value for c in at.caption)
 
 
 @pytest.mark.slow  # runs models (seconds each on 2 shared cores)
