@@ -64,4 +64,7 @@ class SGE(AttentionModule):
         normalised = (flat - flat.mean(dim=2, keepdim=True)) / (flat.std(dim=2, keepdim=True, correction=1 if h * w > 1 else 0) + self.eps)
         normalised = normalised.reshape(b, self.groups, h, w)
         group_gate = self.tap_spatial(self.gate(normalised * self.weight + self.bias))
-        return (grouped * group_gate.unsqueeze(2)).reshape(b, c, h, w)
+        # the gate is float32 (gamma/beta are float32 parameters); under bf16 autocast multiplying a bf16 x
+        # by it would make a float32 copy of the whole feature map, so the gate takes x's dtype (a no-op in
+        # float32; benchmarks/module_fast_paths.py)
+        return (grouped * group_gate.unsqueeze(2).to(x.dtype)).reshape(b, c, h, w)
