@@ -193,6 +193,16 @@ def test_every_attention_is_tapped_and_shape_preserving(name):
     assert all(isinstance(t, AttnTap) for t in module.taps().values())
 
 
+@pytest.mark.parametrize("name", [n for n in list_attentions() if n != "none"])
+def test_every_attention_keeps_a_bf16_feature_map_bf16_under_autocast(name):
+    # a float32 output (e.g. a bf16 map times a gate built from float32 parameters) would copy every
+    # feature map to float32 in bf16 training (SGE did: benchmarks/module_fast_paths.py)
+    module = create_attn(name, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(torch.randn(2, 32, 8, 8).to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+
+
 def test_lgam_ladder_amplifies_features_at_initialisation():
     """The measurement behind LGAM's docstring note: with the ladder, a ResNet-20's stage outputs at
     initialisation are several times larger than without attention; without the ladder much less so."""
