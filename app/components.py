@@ -61,7 +61,10 @@ ZOO_COLUMNS = {
     "FLOPs (M)": st.column_config.NumberColumn("FLOPs (M)", format="%.1f", help="per 32x32 image, multiply-add = 2"),
     "test acc %": st.column_config.NumberColumn("test acc %", format="%.2f"),
     "CPU ms": st.column_config.NumberColumn("CPU ms", format="%.2f", help="median batch-1 forward on this CPU"),
-    "epochs": st.column_config.NumberColumn("epochs", format="%.2g", help="epochs trained"),
+    "epochs": st.column_config.NumberColumn("epochs", format="%g", help="epochs trained"),
+    "zoo recipe": st.column_config.TextColumn(
+        "zoo recipe", help="shipped models: on the zoo's recipe and at its accuracy bar, below it, or "
+                           "still an earlier, shorter recipe's checkpoint (checkpoints/README.md)"),
 }
 
 
@@ -73,20 +76,23 @@ def short_hash(value) -> str:
 
 
 def zoo_table(rows: list[dict]) -> list[dict]:
-    """Display rows for the zoo table (one per model, plain values)."""
+    """Display rows for the zoo table (one per model, plain values): what a model is worth first."""
+    from attnviz.zoo.entries import standing
+
     out = []
     for r in rows:
         out.append({
-            "model": r["name"], "source": r["source"] + ("" if r.get("status") in ("complete", "untrained", None)
-                                                         else f" ({r['status']})"),
-            "spec": r["spec"], "attention": r["attention"],
-            "activation": r["activation"], "interflow": r["interflow"],
-            "dataset": r["dataset"].rsplit("/", 1)[-1] if r["dataset"].startswith("imagefolder:") else r["dataset"],
+            "model": r["name"],
+            "test acc %": None if r["test_acc"] is None else 100 * r["test_acc"],
+            "epochs": r.get("epochs"),
+            "zoo recipe": standing(r["source"], r["spec"], r.get("epochs"), r["test_acc"]),
             "params (M)": None if r["params"] is None else r["params"] / 1e6,
             "FLOPs (M)": None if r["flops"] is None else r["flops"] / 1e6,
-            "test acc %": None if r["test_acc"] is None else 100 * r["test_acc"],
             "CPU ms": r["cpu_latency_ms"],
-            "epochs": r.get("epochs"),
+            "attention": r["attention"], "activation": r["activation"], "interflow": r["interflow"],
+            "spec": r["spec"],
+            "source": r["source"] + ("" if r.get("status") in ("complete", "untrained", None) else f" ({r['status']})"),
+            "dataset": r["dataset"].rsplit("/", 1)[-1] if r["dataset"].startswith("imagefolder:") else r["dataset"],
         })
     return out
 

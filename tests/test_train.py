@@ -589,3 +589,16 @@ def test_cyclic_averaging_lr_falls_within_each_epoch_and_cards_without_the_phase
     assert not any(key.startswith("average_") for key in Recipe(epochs=2).to_dict())
     with pytest.raises(AttnvizError, match="average_schedule"):
         Recipe(average_epochs=1, average_schedule="triangle").validate()
+
+
+def test_zoo_standing_names_the_recipe_and_the_bar_of_shipped_models_only():
+    from attnviz.zoo.entries import ZOO_RECIPE, standing
+
+    full = ZOO_RECIPE.epochs
+    assert standing("shipped", "resnet20-se", full, 0.8898) == "meets the 88.5% bar"
+    assert standing("shipped", "resnet20-lgam:zero_init_residual=true", full, 0.8774) == "below the 88.5% bar"
+    assert standing("shipped", "resnet20-interflow-soft", full, 0.881) == "meets the 88% bar"
+    assert standing("shipped", "vgg16-interflow-soft:width=0.5", full, 0.885) == "below the 89% bar"
+    assert standing("shipped", "resnet20-cbam", 3, 0.7392) == "earlier 3-epoch recipe"
+    assert standing("your run", "resnet20-se", full, 0.95) == ""
+    assert standing("untrained", "resnet20-se", None, None) == ""

@@ -103,6 +103,20 @@ def accuracy_bar(spec: str) -> float:
     return 0.88 if "interflow" in spec else 0.885
 
 
+def standing(source: str, spec: str, epochs: float | None, test_acc: float | None) -> str:
+    """How a shipped model stands against the zoo's recipe and bar, in a few words ('' for other rows).
+
+    A checkpoint trained for fewer epochs than :data:`ZOO_RECIPE` is on an earlier recipe (still being
+    retrained); one on the recipe meets :func:`accuracy_bar` or is below it.
+    """
+    if source != "shipped" or epochs is None or test_acc is None:
+        return ""
+    bar = accuracy_bar(spec)
+    if epochs < ZOO_RECIPE.epochs:
+        return f"earlier {epochs:g}-epoch recipe"
+    return f"meets the {100 * bar:g}% bar" if test_acc >= bar else f"below the {100 * bar:g}% bar"
+
+
 def default_out_dir() -> Path:
     from attnviz.paths import SHIPPED_DIR
 
