@@ -31,9 +31,9 @@ What "re-initialise" means: the weights the same spec gets from its own initiali
 (``create_model(model.spec)``: He-initialised convs, fresh BN statistics, SGE's 0/1, Interflow's 1/n,
 every option of the spec), copied into the modules of the step. It is built under
 ``torch.manual_seed(REINIT_SEED_OFFSET + seed)``, not ``seed`` itself: the zoo and the studies train
-from seeds 0, 1, 2, and a short run keeps some weights close to where they started (in the 3-epoch
-zoo, resnet20-se's first SE biases moved by less than 0.1 from their seed-0 values), so re-drawing the model's own initial weights would make parts of
-the trained model look unchanged. The global RNG state is left as it was (``torch.random.fork_rng``).
+from seeds 0, 1, 2, and a short run keeps some weights close to where they started (small biases
+especially), so re-drawing the model's own initial weights would make parts of the trained model look
+unchanged. The global RNG state is left as it was (``torch.random.fork_rng``).
 A model without a spec falls back to each submodule's ``reset_parameters()`` under the same seed. Same
 seed, same numbers.
 

@@ -8,8 +8,8 @@ bias, then BN). Applied sequentially: F' = M_c * F, F'' = M_s * F'.
 Max pooling as in the official code (``F.max_pool2d`` over the whole map for the channel descriptor,
 ``torch.max(x, 1)`` for the spatial one): the forward equals ``amax``, and the gradient goes to one
 maximal element. ``amax``'s backward instead splits it over ties and builds full-size masks to do so:
-a ResNet-20 training step was 1.06-1.16x faster with ``max`` (``benchmarks/module_fast_paths.py``). Only the
-subgradient at a tie differs.
+a ResNet-20 training step is faster with ``max`` (``benchmarks/module_fast_paths.py`` prints the ratio).
+Only the subgradient at a tie differs.
 
 Switch where implementations disagree: ``spatial_bn_zero_init`` (default False, as the paper and
 the official code): some re-implementations start the spatial BN's weight at 0 so the spatial gate
