@@ -76,13 +76,15 @@ def short_hash(value) -> str:
 
 
 def zoo_table(rows: list[dict]) -> list[dict]:
-    """Display rows for the zoo table (one per model, plain values): what a model is worth first."""
+    """Display rows for the zoo table (one per model, plain values): what a model is and is worth first."""
     from attnviz.zoo.entries import standing
 
     out = []
     for r in rows:
         out.append({
             "model": r["name"],
+            # next to the name, so a run of yours or an untrained row is told apart without scrolling right
+            "source": r["source"] + ("" if r.get("status") in ("complete", "untrained", None) else f" ({r['status']})"),
             "test acc %": None if r["test_acc"] is None else 100 * r["test_acc"],
             "epochs": r.get("epochs"),
             "zoo recipe": standing(r["source"], r["spec"], r.get("epochs"), r["test_acc"]),
@@ -91,7 +93,6 @@ def zoo_table(rows: list[dict]) -> list[dict]:
             "CPU ms": r["cpu_latency_ms"],
             "attention": r["attention"], "activation": r["activation"], "interflow": r["interflow"],
             "spec": r["spec"],
-            "source": r["source"] + ("" if r.get("status") in ("complete", "untrained", None) else f" ({r['status']})"),
             "dataset": r["dataset"].rsplit("/", 1)[-1] if r["dataset"].startswith("imagefolder:") else r["dataset"],
         })
     return out

@@ -78,8 +78,8 @@ def test_zoo_says_plainly_when_no_weights_are_shipped(app):
     frame = app.dataframe[0].value
     assert len(frame) >= 1
     assert frame["params (M)"].notna().all() and frame["CPU ms"].notna().all()
-    # what a model is worth comes first, and every shipped row says where it stands against the zoo's bar
-    assert list(frame.columns)[:4] == ["model", "test acc %", "epochs", "zoo recipe"]
+    # what a model is and is worth comes first, and every shipped row says where it stands against the zoo's bar
+    assert list(frame.columns)[:5] == ["model", "source", "test acc %", "epochs", "zoo recipe"]
     shipped = {r["name"] for r in rows if r["source"] == "shipped"}
     assert all(text for name, text in zip(frame["model"], frame["zoo recipe"], strict=True) if name in shipped)
 
