@@ -431,6 +431,27 @@ def test_zoo_hands_an_interrupted_entry_to_the_next_session_through_a_folder(tin
     assert not (handoff / "resnet20.trainstate").exists()  # finished: nothing left to hand off
 
 
+def test_zoo_refreshes_the_handed_off_state_after_every_epoch(tiny, tmp_path):
+    # a session can end with no cancel at all (the machine is taken): the last finished epoch must
+    # already be in the handoff folder, not only after a clean Ctrl-C / SIGTERM
+    from attnviz.training.state import read_state
+    from attnviz.zoo import train_all
+
+    handoff = tmp_path / "repo" / "training-state"
+    handed = handoff / "resnet20.trainstate"
+    seen = {}
+
+    def log(line: str) -> None:
+        if line.startswith("resnet20: epoch 2/"):  # logged before epoch 2's hand-off
+            seen["epoch_before_2"] = read_state(handed)[0]["epoch"] if handed.exists() else None
+
+    outcomes = train_all(tiny, tmp_path / "stage", only=["resnet20"], device="cpu",
+                         recipe=Recipe(epochs=2, batch_size=40, probe_size=16), log=log, handoff=handoff)
+    assert outcomes["resnet20"].startswith("complete")
+    assert seen["epoch_before_2"] == 1  # epoch 1 was handed off while the run went on
+    assert not handed.exists() and not list(handoff.glob("*.partial"))  # finished: nothing left behind
+
+
 def test_resume_state_names_the_dataset_without_this_machines_path(tiny, tmp_path):
     # a handed-off state is committed (checkpoints/training-state/): it must not carry a local path
     import dataclasses

@@ -4,6 +4,7 @@ lanes of ``scripts/train_zoo.py`` (``_main``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -70,9 +71,10 @@ def train_all(data: str = DEFAULT_DATA, out_dir: str | Path | None = None, only:
     half-trained model, and ``ship_to/README.md`` is regenerated. With ``claim``, an entry is only
     trained by the process that creates ``out_dir/NAME.claim`` first (parallel lanes, see ``--lanes``).
     With ``handoff`` (a folder that is committed, e.g. ``checkpoints/training-state``), an entry whose
-    staging folder has no resume state starts from ``handoff/NAME.trainstate`` when there is one, an
-    interrupted entry leaves its state there, and a finished one removes it: a session that ends
-    hands its unfinished training to the next one through the repository.
+    staging folder has no resume state starts from ``handoff/NAME.trainstate`` when there is one, a
+    running entry refreshes its state there after every epoch (and on a cancel), and a finished one
+    removes it: a session that ends, even abruptly, hands its unfinished training to the next one
+    through the repository.
     """
     from attnviz.data import load_dataset
 
@@ -119,6 +121,24 @@ def _epoch_logger(name: str, log):
     return report
 
 
+def _hand_off(staged: Path, handed: Path) -> None:
+    """Copy the resume state into the handoff folder, atomically (a reader never sees half a file)."""
+    handed.parent.mkdir(parents=True, exist_ok=True)
+    partial = handed.with_name(handed.name + ".partial")
+    shutil.copyfile(staged, partial)
+    os.replace(partial, handed)
+
+
+def _handing_off_each_epoch(report, staged: Path, handed: Path):
+    """Also hand the resume state off after every epoch's checkpoint, not only on a clean cancel: a
+    session can end without one (the machine is taken away), and the last epoch must survive it."""
+    def on_event(event):
+        report(event)
+        if event["event"] == "epoch" and staged.exists():
+            _hand_off(staged, handed)
+    return on_event
+
+
 def _starting_point(name: str, spec: str, dataset, recipe: Recipe, staged: Path, handed: Path | None,
                     shipped: Path | None, log) -> bool:
     """Put the entry's resume state in place (handed off, or a shipped main-schedule card continued into
@@ -148,13 +168,15 @@ def _train_entry(name: str, dataset, recipe: Recipe, out: Path, *, device, log, 
     shipped = Path(ship_to) / f"{name}.json" if ship_to is not None else None
     if not _starting_point(name, spec, dataset, recipe, staged, handed, shipped, log):
         return "complete: already shipped"
+    report = _epoch_logger(name, log)
+    if handed is not None:
+        report = _handing_off_each_epoch(report, staged, handed)
     try:
-        result = train(spec, dataset, recipe, out, name, callback=_epoch_logger(name, log), device=device,
+        result = train(spec, dataset, recipe, out, name, callback=report, device=device,
                        resume=True, cancel_event=cancel_event)
     except TrainingCancelled:
         if handed is not None and staged.exists():
-            handed.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(staged, handed)
+            _hand_off(staged, handed)
             log(f"{name}: resume state handed off to {handed}")
         raise
     except TrainingError as err:
