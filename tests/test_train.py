@@ -367,11 +367,24 @@ def test_card_records_training_precision_and_final_metrics_stay_float32(tiny, tm
     result = train("resnet20", tiny, Recipe(**{**TINY, "epochs": 1}, memory_format="channels_last"), tmp_path,
                    device="cpu")
     assert result.card["training_precision"].endswith("channels_last")
+    assert [entry["precision"] for entry in result.card["history"]] == [result.card["training_precision"]]
     assert result.card["recipe"]["memory_format"] == "channels_last"
     model, card = load_checkpoint(result.checkpoint)
     measured = evaluate(model, tiny.test_images, tiny.test_labels, card["mean"], card["std"])
     assert measured["test_acc"] == card["metrics"]["test_acc"]
     assert card["metrics"]["measured_by"].startswith("attnviz eval (cpu, float32")
+
+
+def test_a_run_resumed_in_another_precision_says_which_epochs_ran_in_which():
+    from attnviz.training.recipe import precision_over_epochs
+
+    bf16, fp32 = "bf16 autocast, channels_last", "float32, channels_last"
+    assert precision_over_epochs([], fp32) == fp32
+    assert precision_over_epochs([{"epoch": 1, "precision": bf16}, {"epoch": 2, "precision": bf16}], fp32) == bf16
+    mixed = [{"epoch": e, "precision": bf16} for e in (1, 2)] + [{"epoch": 3, "precision": fp32}]
+    assert precision_over_epochs(mixed, fp32) == f"{bf16} (epochs 1-2); {fp32} (epoch 3)"
+    legacy = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3, "precision": fp32}]  # history from before per-epoch labels
+    assert precision_over_epochs(legacy, fp32) == f"not recorded (epochs 1-2); {fp32} (epoch 3)"
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_a_clear_error(tiny, tmp_path):

@@ -20,7 +20,7 @@ from attnviz.models.registry import create_model
 from attnviz.stats import count_flops
 from attnviz.training.averaging import recompute_batchnorm
 from attnviz.training.metrics import EVAL_BATCH, evaluate
-from attnviz.training.recipe import TrainResult, precision_label
+from attnviz.training.recipe import TrainResult, precision_label, precision_over_epochs
 from attnviz.training.state import mark_diverged, write_state
 
 
@@ -96,7 +96,8 @@ class RunEndings:
             "std": list(self.std), "metrics": metrics, "recipe": self.recipe.to_dict(), "seed": self.recipe.seed,
             "attnviz_version": __version__, "flops": self.flops, "train_time_s": round(self.train_time, 2),
             "device": self.device_label + (f" x{self.ranks.world} (DDP)" if self.ranks.world > 1 else ""),
-            "training_precision": precision_label(self.autocast_dtype, self.channels_last),
+            "training_precision": precision_over_epochs(self.history, precision_label(self.autocast_dtype,
+                                                                                   self.channels_last)),
             "torch_version": torch.__version__, "status": status, "epochs_done": epochs_done,
             "n_train": self.data.n_train, "history": self.history,
         }

@@ -340,6 +340,7 @@ class _Run(RunEndings):
                 "test_loss": round(metrics["test_loss"], 6), "test_acc": metrics["test_acc"], "lr": tally.lr,
                 "time_s": round(train_seconds, 3), "eval_time_s": round(eval_seconds, 3),
                 "stats_time_s": round(stats_seconds, 3),
+                "precision": precision_label(self.autocast_dtype, self.channels_last),
                 "images_per_s": round(tally.seen * self.ranks.world / max(train_seconds, 1e-9), 1),
                 "attention": attention,
             }

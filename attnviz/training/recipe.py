@@ -217,3 +217,24 @@ def resolve_precision(recipe: Recipe, device: torch.device, model: nn.Module) ->
 
 def precision_label(dtype: torch.dtype | None, channels_last: bool) -> str:
     return f"{'bf16 autocast' if dtype == torch.bfloat16 else 'float32'}, {'channels_last' if channels_last else 'contiguous'}"
+
+
+def precision_over_epochs(history: list[dict], current: str) -> str:
+    """The card's ``training_precision``: one label, or each label with its epochs when they differ.
+
+    ``auto`` resolves on the machine that runs each (resumed) part of a run, so a run resumed on a CPU
+    without native bf16 continues in float32; epochs whose entry predates per-epoch recording say so.
+    """
+    spans: list[list] = []  # [label, first epoch, last epoch]
+    for entry in history:
+        label = entry.get("precision", "not recorded")
+        if spans and spans[-1][0] == label:
+            spans[-1][2] = entry["epoch"]
+        else:
+            spans.append([label, entry["epoch"], entry["epoch"]])
+    if not spans:
+        return current
+    if len(spans) == 1 and spans[0][0] != "not recorded":
+        return spans[0][0]
+    return "; ".join(f"{label} (epoch{'s' if first != last else ''} "
+                     f"{first}{f'-{last}' if first != last else ''})" for label, first, last in spans)
