@@ -338,6 +338,7 @@ def test_zoo_train_all_skips_finished_entries_and_writes_the_readme(tiny, tmp_pa
     card_path.write_text(json.dumps(card))
     readme = write_readme(tmp_path).read_text()
     assert "`vgg16-interflow-soft`: interflow_weight_lr_scale=0.25" in readme
+    assert f"| {card['training_precision']} | {card['recipe']['epochs']} |" in readme  # precision column
 
 
 def test_precision_and_memory_format_fields_resolve_per_device_and_model():

@@ -52,10 +52,11 @@ def _table_row(card: dict) -> str:
         epochs_text = f"{done:g} of {epochs_text}"
     seconds = card.get("train_time_s")
     time_text = f"{seconds / 60:.1f} min ({card.get('device', '?')})" if isinstance(seconds, (int, float)) else "?"
+    precision_text = card.get("training_precision") or "not recorded"
     flops_text = f"{flops / 1e6:.1f}" if isinstance(flops, (int, float)) else "?"
     acc_text = "n/a" if acc is None else f"{100 * acc:.2f}%{flag}"
     return (f"| {card.get('name')} | `{card.get('spec')}` | {_fmt_int(card.get('params'))} | {flops_text} | "
-            f"{acc_text} | {100 * bar:g}% | {time_text} | {epochs_text} | {card.get('status', '?')} |")
+            f"{acc_text} | {100 * bar:g}% | {time_text} | {precision_text} | {epochs_text} | {card.get('status', '?')} |")
 
 
 def _recipe_notes(cards: list[dict], data: str) -> list[str]:
@@ -109,8 +110,8 @@ def write_readme(out_dir: str | Path, data: str = DEFAULT_DATA) -> Path:
         "copied from a card, and every card's `metrics` were measured by `attnviz eval` semantics (CPU, float32,",
         "the full test split of the card's dataset). Check one with `attnviz eval checkpoints/NAME.json`.",
         "",
-        "| name | spec | params | MFLOPs | test acc | bar | train time (device) | epochs | status |",
-        "|---|---|---:|---:|---:|---:|---|---:|---|",
+        "| name | spec | params | MFLOPs | test acc | bar | train time (device) | training precision | epochs | status |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|---|",
         *[_table_row(card) for card in cards],
         *_recipe_notes(cards, data),
         "Retrain the whole zoo (unattended; finished models are skipped, interrupted ones resume):",
