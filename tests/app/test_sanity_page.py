@@ -97,6 +97,9 @@ def test_shipped_entries_whose_spec_has_options_are_the_defaults_and_fill_their_
     assert not at.exception and lgam["id"] in at.session_state["models"]  # chosen by default, by zoo name
     assert [h.value for h in at.header][:1] == ["resnet20-lgam"]
     assert not any("no LGAM model" in w.value for w in at.warning)
+    # the shipped LGAM's eq. (5) sum is negative everywhere at most sites: flat at 0.5, said as such
+    flat = [c.value for c in at.caption if "sites are flat for this picture" in c.value]
+    assert flat and "of them at exactly 0.5" in flat[0], flat
     at.session_state["models"] = [r["id"] for r in services.zoo_rows() if r["name"] == "resnet20"]
     at.run()  # no LGAM chosen: the page falls back to the zoo's own, found by its name
     assert [h.value for h in at.header][:1] == ["resnet20-lgam"]
