@@ -59,8 +59,10 @@ def rerun(page: str) -> Iterator[None]:
                 "phases": {k: round(v, 6) for k, v in record.items()},
                 "lock_wait_s": round(lock_wait_seconds() - waited_before, 6), "torch_threads": _torch_threads(),
                 "at": round(time.time(), 3)}
-        with _write_guard, open(path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
+        with _write_guard:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # e.g. runs/ in a fresh clone
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
 
 
 def _session_id() -> str | None:

@@ -2,6 +2,7 @@
 
     python benchmarks/trainer_throughput.py [--spec resnet20] [--device cpu] [--batch-size 128]
                                             [--epochs 3] [--rounds 3] [--data sample] [--no-app-run]
+                                            [--formats-only]
 
 First every (precision, memory format) pair this machine allows (float32 always; bf16 autocast where
 the CPU has native bf16 kernels, or on CUDA) x (contiguous, channels_last) is timed for a few bare
@@ -168,6 +169,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first is a warm-up")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-app-run", action="store_true")
+    parser.add_argument("--formats-only", action="store_true",
+                        help="only time the bare step in every format and print the trainer's choice")
     args = parser.parse_args()
 
     device = pick_device(args.device)
@@ -186,6 +189,8 @@ def main() -> int:
     print(f"fastest bare format: {_label(dtype, channels_last)} (the bare loop below uses it)")
     probe_model = create_model(args.spec, num_classes=data.num_classes, in_chans=data.in_chans)
     print(f"trainer (precision=auto, memory_format=auto): {precision_label(*resolve_precision(recipe, device, probe_model))}")
+    if args.formats_only:
+        return 0
     bare, trainer, stats, evals = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):

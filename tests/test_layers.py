@@ -230,3 +230,18 @@ def test_sge_min_group_channels_caps_the_group_count():
     assert SGE(256, min_group_channels=4).groups == 64  # wide layers keep G = 64
     with pytest.raises(SpecError, match="min_group_channels"):
         SGE(16, min_group_channels=0)
+
+
+def test_lgam_spatial_map_state_tells_off_saturated_flat_and_varying_maps_apart():
+    from attnviz.layers.lgam import LGAM, spatial_map_state
+
+    assert spatial_map_state(torch.full((8, 8), 0.5)) == "off"
+    assert spatial_map_state(torch.ones(8, 8)) == "saturated"
+    assert spatial_map_state(torch.full((8, 8), 0.73)) == "flat"
+    assert spatial_map_state(torch.linspace(0.5, 1.0, 64).view(8, 8)) == "varies"
+    # a real module: an all-negative input makes eq. (5)'s sum negative everywhere, so its map is off
+    module = LGAM(16, groups=4).eval()
+    taps = {}
+    module.tap_spatial.register_forward_hook(lambda _m, _i, out: taps.setdefault("spatial", out))
+    module(-torch.rand(1, 16, 8, 8) - 1.0)
+    assert spatial_map_state(taps["spatial"][0, 0]) == "off"

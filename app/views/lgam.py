@@ -6,6 +6,7 @@ import streamlit as st
 import components as ui
 import figures
 import services
+from attnviz.layers.lgam import spatial_map_state
 
 st.title("LGAM: lightweight group-wise attention")
 st.markdown("LGAM splits a block's channels into G groups, weights each group's channels (with a residual, "
@@ -42,16 +43,18 @@ def spatial_maps(model: dict, sites: dict) -> None:
             png = services.overlay_png(item.display, spatial, colormap, opacity, vmin=0.5, vmax=1.0)
             col.image(png, caption=f"{figures.short_site(site)} · {spatial.shape[0]}×{spatial.shape[1]} · "
                                    f"{spatial.min():.2f}–{spatial.max():.2f}", width="stretch")
-    flat = [site for site in names if float(np.ptp(sites[site]["spatial"][0, 0])) < 1e-3]
-    flat_off = [site for site in flat if float(sites[site]["spatial"][0, 0].max()) < 0.5 + 1e-3]
+    states = {site: spatial_map_state(sites[site]["spatial"][0, 0]) for site in names}
+    flat = [site for site in names if states[site] != "varies"]
+    counts = {state: sum(1 for v in states.values() if v == state) for state in ("off", "saturated", "flat")}
     st.caption("M_spat of every LGAM site from the first block (top left) to the last, upsampled from its own "
                "resolution. Scale fixed to [0.5, 1] for every site and model: the ReLU inside σ(δ(·)) of eq. (6) "
                "keeps the map at 0.5 or above, so 0.5 (dark) means 'not boosted', bright means 'boosted'."
                + (f" {len(flat)} of {len(names)} sites are flat for this picture (one value everywhere)"
-                  + (f"; {len(flat_off)} of them at exactly 0.5: there eq. (5)'s channel sum is negative at every "
-                     "position, the ReLU turns it into 0 and the site boosts nothing" if flat_off else "")
-                  + (f"; {len(flat) - len(flat_off)} at the top of the scale: the sum is so large that the "
-                     "sigmoid saturates" if len(flat) > len(flat_off) else "")
+                  + (f"; {counts['off']} of them at exactly 0.5: there eq. (5)'s channel sum is negative at every "
+                     "position, the ReLU turns it into 0 and the site boosts nothing" if counts["off"] else "")
+                  + (f"; {counts['saturated']} at 1.0: the sum is so large everywhere that the sigmoid saturates"
+                     if counts["saturated"] else "")
+                  + (f"; {counts['flat']} at another single value" if counts["flat"] else "")
                   + ". Eq. (5) builds the map from the *sum* over all channels (the modules study, reports/modules, "
                   "compares a channel mean)." if flat else ""))
 

@@ -46,6 +46,24 @@ from attnviz.errors import SpecError
 from attnviz.layers.activations import get_activation
 from attnviz.layers.taps import AttentionModule, AttnTap
 
+FLAT_TOLERANCE = 1e-3
+
+
+def spatial_map_state(spatial_map) -> str:
+    """What one M_spat (eq. (6), any array or tensor of one picture's map) does: ``"varies"`` over positions,
+    ``"off"`` (exactly 0.5 everywhere: eq. (5)'s sum is <= 0 at every position, the ReLU makes it 0, the
+    site boosts nothing), ``"saturated"`` (1.0 everywhere: the sum is large at every position) or
+    ``"flat"`` (one other value everywhere)."""
+    values = torch.as_tensor(spatial_map, dtype=torch.float32)
+    low, high = float(values.min()), float(values.max())
+    if high - low >= FLAT_TOLERANCE:
+        return "varies"
+    if high < 0.5 + FLAT_TOLERANCE:
+        return "off"
+    if low > 1.0 - FLAT_TOLERANCE:
+        return "saturated"
+    return "flat"
+
 
 class GroupChannelAttention(nn.Module):
     """F_chan of eqs. (1)-(3) for one group: returns (M_chan * x + x, M_chan)."""

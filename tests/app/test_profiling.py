@@ -17,7 +17,7 @@ def test_a_rerun_writes_its_phases_only_when_profiling_is_on(tmp_path, monkeypat
         pass
     assert not list(tmp_path.iterdir())
 
-    path = tmp_path / "profile.jsonl"
+    path = tmp_path / "runs" / "profile.jsonl"  # its folder is made: the README says runs/profile.jsonl
     monkeypatch.setenv(profiling.PROFILE_ENV, str(path))
     with profiling.rerun("Inspect an image"):
         with profiling.phase("decode"):
