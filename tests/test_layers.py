@@ -245,3 +245,26 @@ def test_lgam_spatial_map_state_tells_off_saturated_flat_and_varying_maps_apart(
     module.tap_spatial.register_forward_hook(lambda _m, _i, out: taps.setdefault("spatial", out))
     module(-torch.rand(1, 16, 8, 8) - 1.0)
     assert spatial_map_state(taps["spatial"][0, 0]) == "off"
+
+
+def test_lgam_gate_usage_counts_dead_channel_gates_map_states_and_live_positions():
+    from attnviz.layers.lgam import LGAM, gate_usage
+
+    weights = torch.tensor([[0.5, 0.5, 0.7], [0.5, 0.6, 0.5]])  # channel 0 is 0.5 for both pictures: dead
+    maps = torch.stack([torch.full((1, 4, 4), 0.5), torch.linspace(0.5, 1.0, 16).view(1, 4, 4)])
+    usage = gate_usage(weights, maps)
+    assert (usage.pictures, usage.channel_gates, usage.dead_channel_gates) == (2, 3, 1)
+    assert usage.spatial_states == {"off": 1, "saturated": 0, "flat": 0, "varies": 1}
+    # live: strictly inside (0.5, 1 - 1e-3): 14 of the second map's 16 values, none of the first's
+    assert usage.live_positions == pytest.approx(14 / 32)
+    assert usage.dead_channel_fraction == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="same B"):
+        gate_usage(weights, maps[:1])
+    # a real module on all-negative input: every map is off, no position is live
+    module = LGAM(16, groups=4).eval()
+    taps = {}
+    module.tap_spatial.register_forward_hook(lambda _m, _i, out: taps.setdefault("spatial", out))
+    module.tap_group_channel.register_forward_hook(lambda _m, _i, out: taps.setdefault("channel", out))
+    module(-torch.rand(3, 16, 8, 8) - 1.0)
+    usage = gate_usage(taps["channel"], taps["spatial"])
+    assert usage.spatial_states["off"] == 3 and usage.live_positions == 0.0

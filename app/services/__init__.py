@@ -65,6 +65,7 @@ from services.studies import (  # noqa: F401
     intervention_effect,
     intervention_labels,
     intervention_sites,
+    lgam_gate_usage,
     sanity_check,
 )
 

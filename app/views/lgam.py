@@ -1,4 +1,5 @@
-"""LGAM: every site's spatial map over the picture, per-group channel weights, the ladder in numbers."""
+"""LGAM: every site's spatial map over the picture, which gates still learn over the sample set, per-group
+channel weights, the ladder in numbers."""
 
 import numpy as np
 import streamlit as st
@@ -59,6 +60,29 @@ def spatial_maps(model: dict, sites: dict) -> None:
                   "compares a channel mean)." if flat else ""))
 
 
+def gate_usage_table(model: dict) -> None:
+    try:
+        usage = services.lgam_gate_usage(model["id"], model["weights_sha256"])
+    except services.user_errors() as err:
+        st.caption(f"{model['name']}: {err}.")
+        return
+    per_site, n = usage["per_site"], usage["n_images"]
+    st.dataframe([{"site": figures.short_site(site), "map off": u.spatial_states["off"],
+                   "map saturated": u.spatial_states["saturated"], "map flat": u.spatial_states["flat"],
+                   "map varies": u.spatial_states["varies"], "live positions": f"{u.live_positions:.0%}",
+                   "dead channel gates": f"{u.dead_channel_gates} of {u.channel_gates}"}
+                  for site, u in per_site.items()], hide_index=True)
+    frozen = [site for site, u in per_site.items() if u.spatial_states["off"] + u.spatial_states["saturated"] == n]
+    dead = sum(u.dead_channel_gates for u in per_site.values())
+    gates = sum(u.channel_gates for u in per_site.values())
+    st.caption(f"Over {n} sample test pictures (10 classes alike): {len(frozen)} of {len(per_site)} sites have a "
+               f"spatial map that is off (0.5) or saturated (1.0) for every picture, and {dead} of {gates} channel "
+               "gates are dead (0.5 for every picture). Both gates are σ(δ(z)): where z ≤ 0 the ReLU passes no "
+               "gradient, and where the sigmoid saturates almost none, so training cannot shape these gates any more. "
+               "'Live positions' is the share of positions, over all pictures, where the spatial map lies strictly "
+               "between 0.5 and 1 and a gradient can flow through it.")
+
+
 for model in models:
     try:
         result = services.probe_images(model["id"], digests, good)
@@ -83,6 +107,8 @@ for model in models:
 
     st.subheader("Spatial map of every site")
     spatial_maps(model, sites)
+    st.subheader("Across the sample set: which gates can still learn")
+    gate_usage_table(model)
 
     st.subheader("Per-group channel weights")
     names = list(sites)

@@ -37,6 +37,7 @@ lowers it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -47,6 +48,7 @@ from attnviz.layers.activations import get_activation
 from attnviz.layers.taps import AttentionModule, AttnTap
 
 FLAT_TOLERANCE = 1e-3
+OFF_TOLERANCE = 1e-6  # sigmoid(relu(z)) for z <= 0 is 0.5 exactly in float32; this only absorbs rounding
 
 
 def spatial_map_state(spatial_map) -> str:
@@ -63,6 +65,48 @@ def spatial_map_state(spatial_map) -> str:
     if low > 1.0 - FLAT_TOLERANCE:
         return "saturated"
     return "flat"
+
+
+@dataclass(frozen=True)
+class GateUsage:
+    """How one LGAM site's two gates behave over a batch of pictures (see :func:`gate_usage`)."""
+
+    pictures: int
+    channel_gates: int
+    dead_channel_gates: int  # M_chan at 0.5 for every picture: eq. (2)'s ReLU input <= 0 each time
+    spatial_states: dict[str, int]  # pictures whose M_spat is off / saturated / flat / varies
+    live_positions: float  # share of (picture, position) pairs where M_spat passes a gradient
+
+    @property
+    def dead_channel_fraction(self) -> float:
+        return self.dead_channel_gates / self.channel_gates if self.channel_gates else 0.0
+
+
+def gate_usage(group_channel_weights, spatial_maps) -> GateUsage:
+    """Which of one site's gates can still learn, from its readouts on a batch of pictures.
+
+    ``group_channel_weights`` [B, C] is M_chan of eq. (2) for every group, ``spatial_maps`` [B, 1, H, W]
+    is M_spat of eq. (6). Both gates are sigmoid(relu(z)), whose derivative is 0 where z <= 0 (the gate
+    sits at exactly 0.5) and ~0 where the sigmoid saturates (the gate sits at 1). So:
+    - a channel gate is *dead* on the batch when it is 0.5 for every picture (the definition
+      :func:`attnviz.analysis.probes.dead_units` uses for SE's hidden units): no picture of the batch sends a
+      gradient into its MLP and BN through it;
+    - a spatial position is *live* when 0.5 < M_spat < 1 - ``FLAT_TOLERANCE`` (dM/dz = M(1 - M) > ~1e-3);
+    - each picture's whole map is classified by :func:`spatial_map_state`.
+    Use a fixed, reasonably large batch (e.g. 250 test pictures) so the counts are stable.
+    """
+    weights = torch.as_tensor(group_channel_weights, dtype=torch.float32)
+    maps = torch.as_tensor(spatial_maps, dtype=torch.float32)
+    if weights.dim() != 2 or maps.dim() != 4 or weights.shape[0] != maps.shape[0] or maps.shape[0] == 0:
+        raise ValueError("gate_usage needs channel weights [B, C] and spatial maps [B, 1, H, W] of the same B >= 1 "
+                         "pictures.")
+    dead = int((weights <= 0.5 + OFF_TOLERANCE).all(dim=0).sum())
+    states = {state: 0 for state in ("off", "saturated", "flat", "varies")}
+    for picture_map in maps[:, 0]:
+        states[spatial_map_state(picture_map)] += 1
+    live = (maps > 0.5 + OFF_TOLERANCE) & (maps < 1.0 - FLAT_TOLERANCE)
+    return GateUsage(pictures=int(maps.shape[0]), channel_gates=int(weights.shape[1]), dead_channel_gates=dead,
+                     spatial_states=states, live_positions=float(live.float().mean()))
 
 
 class GroupChannelAttention(nn.Module):

@@ -100,6 +100,14 @@ def test_shipped_entries_whose_spec_has_options_are_the_defaults_and_fill_their_
     # the shipped LGAM's eq. (5) sum is negative everywhere at most sites: flat at 0.5, said as such
     flat = [c.value for c in at.caption if "sites are flat for this picture" in c.value]
     assert flat and "of them at exactly 0.5" in flat[0], flat
+    # over the sample set: the table's numbers are the library's for the same batch
+    usage = services.lgam_gate_usage(lgam["id"], lgam["weights_sha256"])
+    table = next(d.value for d in at.dataframe if "map off" in d.value.columns)
+    assert list(table["site"]) == [site.removesuffix(".attn") for site in usage["per_site"]]
+    assert list(table["map off"]) == [u.spatial_states["off"] for u in usage["per_site"].values()]
+    summary = [c.value for c in at.caption if c.value.startswith(f"Over {usage['n_images']} sample test pictures")]
+    dead = sum(u.dead_channel_gates for u in usage["per_site"].values())
+    assert summary and f"{dead} of " in summary[0], summary
     at.session_state["models"] = [r["id"] for r in services.zoo_rows() if r["name"] == "resnet20"]
     at.run()  # no LGAM chosen: the page falls back to the zoo's own, found by its name
     assert [h.value for h in at.header][:1] == ["resnet20-lgam"]
