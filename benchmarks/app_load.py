@@ -90,6 +90,15 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (every thread)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
@@ -195,16 +204,22 @@ async def one_cycle(browser, base: str, picture: Path, timeout_s: float = 600.0,
         await context.close()
 
 
-async def classroom_round(browser, base: str, pictures: list[Path], timeout_s: float, on_stuck=None) -> list[float]:
+async def classroom_round(browser, base: str, pictures: list[Path], timeout_s: float, on_stuck=None,
+                          usage: list | None = None, pids: list[int] = ()) -> list[float]:
     """``len(pictures)`` students: every one opens Inspect first (all pages loaded and idle), then all
     upload at the same moment, the worst case for the server; returns each upload's seconds.
 
     Page loads happen before the timed window, so no client's page load competes with another's upload:
-    a classroom's browsers sit idle between actions."""
+    a classroom's browsers sit idle between actions. ``usage`` gets (wall seconds, server CPU seconds) of
+    the uploads, the server being ``pids``."""
     opened = await asyncio.gather(*(open_inspect(browser, base, timeout_s) for _ in pictures))
     try:
-        return list(await asyncio.gather(*(upload_and_wait(page, picture, models, timeout_s, on_stuck)
-                                           for (_, page, models), picture in zip(opened, pictures, strict=True))))
+        started, cpu_started = time.perf_counter(), cpu_seconds(pids)
+        seconds = list(await asyncio.gather(*(upload_and_wait(page, picture, models, timeout_s, on_stuck)
+                                              for (_, page, models), picture in zip(opened, pictures, strict=True))))
+        if usage is not None:
+            usage.append((time.perf_counter() - started, cpu_seconds(pids) - cpu_started))
+        return seconds
     finally:
         for context, _, _ in opened:
             await context.close()
@@ -246,7 +261,9 @@ async def run(args) -> None:
 
     pictures = iter(fresh_pictures())
     with tempfile.TemporaryDirectory() as home:
-        profile = Path(home) / "profile.jsonl"
+        profile = args.profile or Path(home) / "profile.jsonl"
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        profile.unlink(missing_ok=True)
         os.environ["ATTNVIZ_PROFILE"] = str(profile)  # the server inherits it
         await measure(args, pictures, home, profile, async_playwright)
 
@@ -322,14 +339,16 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
             windows = {"single": (single_started, time.time())}
 
             concurrent: dict[int, list[float]] = {}
+            usage: dict[int, list[tuple[float, float]]] = {}
             for sessions in args.sessions:
                 rounds = -(-args.cycles // sessions)
                 print(f"{sessions} concurrent sessions: {rounds} round(s), everyone uploading at once...",
                       file=sys.stderr, flush=True)
-                started, concurrent[sessions] = time.time(), []
+                started, concurrent[sessions], usage[sessions] = time.time(), [], []
                 for _ in range(rounds):
                     concurrent[sessions] += await classroom_round(
-                        browser, base, [next(pictures) for _ in range(sessions)], args.timeout, on_stuck)
+                        browser, base, [next(pictures) for _ in range(sessions)], args.timeout, on_stuck,
+                        usage[sessions], pids)
                 windows[sessions] = (started, time.time())
 
             await asyncio.sleep(3)
@@ -352,6 +371,9 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
         print(f"  {sessions:>2} sessions     median {statistics.median(values):6.2f} s   p95 {p95(values):6.2f} s   "
               f"p95 ratio {p95(values) / single_p95:.2f}x" + (f" (target <= {target}x)" if target else "")
               + f"   [{len(values)} uploads, {args.processes} app process(es)]")
+        wall, cpu = (sum(x) for x in zip(*usage[sessions], strict=True))
+        print(f"{'':17}server CPU while the rounds' uploads ran: {cpu:.1f} s over {wall:.1f} s of wall time "
+              f"({cpu / wall:.2f} of {os.cpu_count()} cores busy)")
     print(f"Server memory: {rss_start:.0f} MB after both phases, {rss_end:.0f} MB after {args.memory_cycles} more "
           f"upload-and-explain cycles: {rss_end - rss_start:+.0f} MB (target <= +50 MB per 100 cycles)")
 
@@ -367,6 +389,8 @@ def main() -> None:
     parser.add_argument("--memory-cycles", type=int, default=100)
     parser.add_argument("--processes", type=int, default=1, help="app processes behind nginx (attnviz.cluster)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a cycle counts as stuck")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="keep the server's per-rerun profile here (JSON lines, app/profiling.py)")
     parser.add_argument("--diagnostics", type=Path, default=Path(tempfile.gettempdir()) / "attnviz-app-load",
                         help="where a stuck cycle's screenshot, page text and server stacks go")
     args = parser.parse_args()
