@@ -42,7 +42,7 @@ st.dataframe(
     ui.zoo_table(table_rows),
     key=table_key, on_select=partial(_select_from_table, table_key, ids), selection_mode="multi-row", hide_index=True,
     selection_default={"selection": {"rows": [i for i, row_id in enumerate(ids) if row_id in chosen]}},
-    column_config=ui.ZOO_COLUMNS,
+    column_config=ui.ZOO_COLUMNS, height="content",  # every row in view: the default stops at ten
 )
 report = services.device_report()
 st.caption("Test accuracy is what the trainer measured on the dataset's test split (in the model card). "
@@ -67,7 +67,7 @@ if pictures:
         column.image(picture.thumbnail, caption=picture.name, width="stretch")
     st.dataframe(ui.prediction_rows(pictures, trained, probs, class_names), hide_index=True,
                  column_config={"test acc %": st.column_config.NumberColumn("test acc %", format="%.2f")},
-                 key="zoo_predictions")
+                 key="zoo_predictions", height="content")
     st.caption("Top class and its probability, one row per trained model, one column per picture. The models "
                "learned CIFAR-10's ten classes on 32×32 "
                "pictures: anything else (a face, a cup) still gets one of those ten names.")
