@@ -1,5 +1,5 @@
 """Figure builders for the attnviz pages: plain values (numpy arrays, lists, dicts) in, Plotly figures
-out; they never touch a model. Colour scales are fixed here (not per call) so the same quantity looks
+(or, where interaction adds nothing and drawing cost matters, a PNG) out; they never touch a model. Colour scales are fixed here (not per call) so the same quantity looks
 the same on every page and for every model."""
 
 from __future__ import annotations
@@ -175,15 +175,57 @@ def topk_html(probs_by_model: dict[str, np.ndarray], class_names: list[str], col
     return f'<div style="display:flex;gap:1.5em;flex-wrap:wrap">{"".join(columns)}</div>'
 
 
-def curves_figure(curves: dict[str, np.ndarray], colors: list[str], *, y_title: str) -> go.Figure:
-    """Deletion or insertion curves (target probability vs fraction of pixels changed), one per model."""
-    fig = go.Figure()
-    for (name, curve), color in zip(curves.items(), colors, strict=True):
-        x = np.linspace(0, 1, len(curve))
-        fig.add_trace(go.Scatter(x=x, y=curve, mode="lines", name=name, line=dict(color=color)))
-    fig.update_xaxes(title="fraction of pixels", tickformat=".0%")
-    fig.update_yaxes(title=y_title, range=[0, 1])
-    return _layout(fig, height=260)
+CURVE_PANEL_TITLES = ("Deletion: hottest pixels removed first", "Insertion: hottest pixels restored first (on a blur)")
+
+
+def curves_png(deletion: dict[str, np.ndarray], insertion: dict[str, np.ndarray], colors: list[str],
+               *, width: int = 1100, height: int = 300) -> bytes:
+    """Deletion and insertion curves (target probability vs fraction of pixels changed), one line per model,
+    side by side in one PNG drawn with Pillow. A still picture: the two interactive charts it replaces cost
+    every browser about 0.3 s of drawing per upload (benchmarks/app_load.py, issue 15), and hovering added
+    nothing the scores under the maps do not say. Drawn at twice the size and scaled down: smooth lines."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    scale = 2
+    image = Image.new("RGB", (width * scale, height * scale), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=12 * scale)
+    title_font = ImageFont.load_default(size=14 * scale)
+    ink, grid = (63, 63, 70), (228, 228, 231)
+    legend_h, left, right, top, bottom = 34 * scale, 62 * scale, 14 * scale, 28 * scale, 40 * scale
+    panel_w = (width * scale) // 2
+    for index, (curves, title) in enumerate(zip((deletion, insertion), CURVE_PANEL_TITLES, strict=True)):
+        x0, x1 = index * panel_w + left, (index + 1) * panel_w - right
+        y0, y1 = top, height * scale - legend_h - bottom
+        draw.text((x0, 4 * scale), title, fill=ink, font=title_font)
+        for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+            x, y = x0 + tick * (x1 - x0), y1 - tick * (y1 - y0)
+            draw.line([(x0, y), (x1, y)], fill=grid, width=scale)
+            draw.line([(x, y1), (x, y1 + 4 * scale)], fill=ink, width=scale)
+            draw.text((x, y1 + 6 * scale), f"{tick:.0%}", fill=ink, font=font, anchor="ma")
+            if tick in (0.0, 0.5, 1.0):
+                draw.text((x0 - 6 * scale, y), f"{tick:g}", fill=ink, font=font, anchor="rm")
+        draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=ink, width=scale)
+        draw.text(((x0 + x1) / 2, y1 + 22 * scale), "fraction of pixels", fill=ink, font=font, anchor="ma")
+        label = Image.new("RGB", (int(draw.textlength("target probability", font=font)) + 4, 16 * scale), "white")
+        ImageDraw.Draw(label).text((2, 0), "target probability", fill=ink, font=font)
+        label = label.rotate(90, expand=True)
+        image.paste(label, (index * panel_w + 2 * scale, int((y0 + y1) / 2 - label.height / 2)))
+        for curve, color in zip(curves.values(), colors, strict=True):
+            values = np.clip(np.asarray(curve, dtype=float), 0.0, 1.0)
+            xs = np.linspace(x0, x1, len(values))
+            draw.line(list(zip(xs, y1 - values * (y1 - y0), strict=True)), fill=color, width=2 * scale, joint="curve")
+    x = left
+    for name, color in zip(deletion, colors, strict=True):  # the legend, one entry per model
+        y = height * scale - legend_h // 2
+        draw.line([(x, y), (x + 22 * scale, y)], fill=color, width=3 * scale)
+        draw.text((x + 28 * scale, y), name, fill=ink, font=font, anchor="lm")
+        x += 28 * scale + int(draw.textlength(name, font=font)) + 24 * scale
+    buffer = io.BytesIO()
+    image.resize((width, height), Image.Resampling.LANCZOS).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def live_curves_figure(summary: dict, *, metric: str) -> go.Figure:

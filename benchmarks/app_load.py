@@ -99,6 +99,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent not idle so far (all processes, /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
@@ -210,15 +217,16 @@ async def classroom_round(browser, base: str, pictures: list[Path], timeout_s: f
     upload at the same moment, the worst case for the server; returns each upload's seconds.
 
     Page loads happen before the timed window, so no client's page load competes with another's upload:
-    a classroom's browsers sit idle between actions. ``usage`` gets (wall seconds, server CPU seconds) of
-    the uploads, the server being ``pids``."""
+    a classroom's browsers sit idle between actions. ``usage`` gets (wall seconds, server CPU seconds,
+    whole-machine busy CPU seconds) of the uploads, the server being ``pids``."""
     opened = await asyncio.gather(*(open_inspect(browser, base, timeout_s) for _ in pictures))
     try:
-        started, cpu_started = time.perf_counter(), cpu_seconds(pids)
+        started, cpu_started, busy_started = time.perf_counter(), cpu_seconds(pids), machine_busy_seconds()
         seconds = list(await asyncio.gather(*(upload_and_wait(page, picture, models, timeout_s, on_stuck)
                                               for (_, page, models), picture in zip(opened, pictures, strict=True))))
         if usage is not None:
-            usage.append((time.perf_counter() - started, cpu_seconds(pids) - cpu_started))
+            usage.append((time.perf_counter() - started, cpu_seconds(pids) - cpu_started,
+                          machine_busy_seconds() - busy_started))
         return seconds
     finally:
         for context, _, _ in opened:
@@ -339,7 +347,7 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
             windows = {"single": (single_started, time.time())}
 
             concurrent: dict[int, list[float]] = {}
-            usage: dict[int, list[tuple[float, float]]] = {}
+            usage: dict[int, list[tuple[float, float, float]]] = {}
             for sessions in args.sessions:
                 rounds = -(-args.cycles // sessions)
                 print(f"{sessions} concurrent sessions: {rounds} round(s), everyone uploading at once...",
@@ -371,9 +379,9 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
         print(f"  {sessions:>2} sessions     median {statistics.median(values):6.2f} s   p95 {p95(values):6.2f} s   "
               f"p95 ratio {p95(values) / single_p95:.2f}x" + (f" (target <= {target}x)" if target else "")
               + f"   [{len(values)} uploads, {args.processes} app process(es)]")
-        wall, cpu = (sum(x) for x in zip(*usage[sessions], strict=True))
-        print(f"{'':17}server CPU while the rounds' uploads ran: {cpu:.1f} s over {wall:.1f} s of wall time "
-              f"({cpu / wall:.2f} of {os.cpu_count()} cores busy)")
+        wall, cpu, busy = (sum(x) for x in zip(*usage[sessions], strict=True))
+        print(f"{'':17}while the rounds' uploads ran ({wall:.1f} s): the server used {cpu / wall:.2f} cores, the "
+              f"whole machine {busy / wall:.2f} of {os.cpu_count()}")
     print(f"Server memory: {rss_start:.0f} MB after both phases, {rss_end:.0f} MB after {args.memory_cycles} more "
           f"upload-and-explain cycles: {rss_end - rss_start:+.0f} MB (target <= +50 MB per 100 cycles)")
 

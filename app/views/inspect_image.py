@@ -168,13 +168,13 @@ with phase("heat map grid"):
     heat_map_grid()
 
 if show_scores and results and good:
-    st.subheader("Deletion and insertion curves (first picture)")
+    st.subheader(f"Deletion and insertion curves ({good[0].name})")
     first = {zoo[mid]["name"]: per_picture[0].scores[0] for mid, per_picture in results.items()}
-    c1, c2 = st.columns(2)
-    mcolors = [colors[chosen.index(mid)] for mid in results]
-    c1.plotly_chart(figures.curves_figure({n: s.deletion_curve for n, s in first.items()}, mcolors,
-                                     y_title="target probability"), key="inspect_del")
-    c1.caption("Deletion: the hottest pixels are removed first; a faithful map makes the curve drop fast.")
-    c2.plotly_chart(figures.curves_figure({n: s.insertion_curve for n, s in first.items()}, mcolors,
-                                     y_title="target probability"), key="inspect_ins")
-    c2.caption("Insertion: the hottest pixels are restored first on a blurred picture; faithful maps rise fast.")
+    with phase("curves figure"):
+        curves = figures.curves_png({n: s.deletion_curve for n, s in first.items()},
+                                    {n: s.insertion_curve for n, s in first.items()},
+                                    [colors[chosen.index(mid)] for mid in results])
+    st.image(curves, width="stretch")
+    st.caption("Deletion: the hottest pixels are removed first; a faithful map makes the curve drop fast. "
+               "Insertion: the hottest pixels are restored first on a blurred picture; faithful maps rise fast. "
+               "The areas under the curves are the scores under the maps.")

@@ -52,8 +52,9 @@ def test_upload_inspect_train_and_zoo(tmp_path, browser_page):
         models = len(parse_qs(urlparse(page.url).query).get("models", []))  # the choice is in the URL
         grid_after = page.locator("[data-testid='stImage']").count()
         assert models >= 1
-        # the upload alone: its prediction thumbnail, its grid thumbnail and one map per model
-        assert grid_after == 2 + models and grid_before > grid_after
+        # the upload alone: its prediction thumbnail, its grid thumbnail, one map per model and the
+        # deletion/insertion curves of the first picture (one still image)
+        assert grid_after == 3 + models and grid_before > grid_after
         page.screenshot(path=str(shots / "2-inspect-upload.png"))
 
         # 3. a 1-epoch run on the sample set, watched live until it finishes

@@ -120,6 +120,31 @@ def test_top_classes_as_html_bars_escape_names_and_order_by_probability():
     assert "width:60.0%" in first and ">60%<" in first and "#1d4ed8" in html[html.index("resnet20") - 200:]
 
 
+def test_deletion_and_insertion_curves_are_one_picture_with_each_model_line_where_its_values_are():
+    import io
+
+    import figures
+    from PIL import Image
+
+    falling, rising = np.linspace(1.0, 0.0, 33), np.linspace(0.0, 1.0, 33)
+    png = figures.curves_png({"red model": falling, "blue model": np.full(33, 1.0)},
+                             {"red model": rising, "blue model": np.full(33, 0.0)}, ["#ff0000", "#0000ff"])
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    assert image.shape == (300, 1100, 3)
+
+    def rows_of(color, x):  # rows where the column x holds (nearly) this colour
+        return np.nonzero((np.abs(image[:, x] - color).sum(axis=1) < 60))[0]
+
+    red, blue = (255, 0, 0), (0, 0, 255)
+    left_mid, right_mid = 300, 850  # inside the deletion and the insertion panel
+    # a constant 1.0 is drawn at the top of the plot area, a constant 0.0 at its bottom, and a falling
+    # line crosses the middle of the deletion panel between them; the rising one mirrors it
+    assert rows_of(blue, left_mid).mean() < rows_of(red, left_mid).mean() < rows_of(blue, right_mid).mean()
+    assert abs(rows_of(red, left_mid).mean() - rows_of(red, right_mid).mean()) < 8
+    legend = image[266:]  # below the axes: one swatch per model
+    assert all((np.abs(legend - color).sum(axis=2) < 60).sum() > 20 for color in (red, blue))
+
+
 @pytest.mark.slow  # measures every zoo model once (cached on disk afterwards)
 def test_zoo_latency_and_sidebar_latency_are_one_measurement(app):
     import services
