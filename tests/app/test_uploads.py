@@ -133,7 +133,7 @@ def test_deletion_and_insertion_curves_are_one_picture_with_each_model_line_wher
     assert image.shape == (300, 1100, 3)
 
     def rows_of(color, x):  # rows where the column x holds (nearly) this colour
-        return np.nonzero((np.abs(image[:, x] - color).sum(axis=1) < 60))[0]
+        return np.nonzero(np.abs(image[:, x] - color).sum(axis=1) < 60)[0]
 
     red, blue = (255, 0, 0), (0, 0, 255)
     left_mid, right_mid = 300, 850  # inside the deletion and the insertion panel
