@@ -84,3 +84,27 @@ def test_configuring_serving_threads_sets_torchs_and_returns_it():
         assert configure_serving_threads({"ATTNVIZ_THREADS": "1"}) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_settling_the_heap_collects_garbage_then_hides_the_living_from_later_collections():
+    import gc
+    import weakref
+
+    from attnviz.device import settle_heap
+
+    class Node:
+        pass
+
+    garbage = Node()
+    garbage.self = garbage  # a reference cycle: only the collector frees it
+    gone = weakref.ref(garbage)
+    kept = [Node() for _ in range(3)]
+    del garbage
+    try:
+        frozen = settle_heap()
+        assert gone() is None  # collected before freezing: no garbage is frozen forever
+        assert frozen == gc.get_freeze_count() >= 3
+        tracked = {id(obj) for obj in gc.get_objects()}
+        assert not any(id(node) in tracked for node in kept)  # later collections skip them
+    finally:
+        gc.unfreeze()

@@ -129,10 +129,12 @@ def serving_threads() -> tuple[int, str | None]:
 @st.cache_resource(show_spinner=False, max_entries=24)
 def _load_model(model_id: str, path: str | None, sha256: str | None):
     from attnviz.catalog import ZooRow, build_model
+    from attnviz.device import settle_heap
 
     serving_threads()  # before the first model runs (the sidebar has normally done it)
     row = ZooRow.from_dict(zoo_by_id()[model_id])
     model, card = build_model(row)  # eval() and requires_grad_(False) inside: shared read-only
+    settle_heap()  # the model and every import so far leave the per-rerun collection's sight
     with _COUNT_LOCK:
         LOAD_COUNTS[model_id] += 1
     return model, card

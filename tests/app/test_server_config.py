@@ -20,10 +20,10 @@ def _options(cwd: Path) -> list[str]:
     return done.stdout.split()
 
 
-def test_the_server_skips_the_full_collection_after_every_rerun_and_keeps_uploads_safe(tmp_path):
-    # Streamlit's default gc.collect(2) after each script run holds the interpreter lock for the whole
-    # collection and stalls every other session's computation (issue 15); uploads stay capped and
+def test_the_server_collects_after_every_rerun_watches_no_files_and_keeps_uploads_safe(tmp_path):
+    # The collection after each script run keeps memory flat over many uploads (issue 15; it is cheap
+    # because the app freezes its long-lived heap, attnviz.device.settle_heap); uploads stay capped and
     # XSRF-protected. The same snippet outside the repository reads Streamlit's defaults, so the
     # file is what changes them.
-    assert _options(REPO) == ["False", "none", "True", "10"]
-    assert _options(tmp_path)[0] == "True"
+    assert _options(REPO) == ["True", "none", "True", "10"]
+    assert _options(tmp_path)[1:] != ["none", "True", "10"]
