@@ -36,6 +36,7 @@ from services.models import (  # noqa: F401
 )
 from services.pictures import (  # noqa: F401
     colormaps,
+    compare,
     comparison_report,
     decode,
     explain_methods,

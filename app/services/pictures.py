@@ -120,6 +120,23 @@ def colormaps() -> list[str]:
     return list_colormaps()
 
 
+def compare(model_ids: list[str], sources: list[tuple[str, bytes]], *, method: str, target, stage: int | None,
+            scores: bool, masks: bool, colormap: str, opacity: float, mask_site: str = "deepest"):
+    """Uploaded bytes -> every chosen model's heat maps over every picture, drawn
+    (`attnviz.analysis.inspection.compare`): a ``Comparison``. Decoding and each (model, picture) inspection
+    come from this process's caches, so a change of colour map or opacity only redraws; ``stage`` (1 = the
+    first) picks each model's CAM layer, None its default."""
+    from attnviz.analysis.inspection import compare as compare_pictures
+
+    def inspect_one(model_id: str, picture):
+        layer = model_layers(model_id)["stages"][stage - 1] if stage else None
+        return inspect(model_id, picture.digest, picture, method, target, layer, scores=scores, masks=masks)
+
+    with phase("compare"):
+        return compare_pictures(model_ids, sources, inspect_one, read=decode, colormap=colormap, opacity=opacity,
+                                mask_site=mask_site)
+
+
 def overlay_png(display, heatmap, colormap: str, opacity: float, vmin: float = 0.0, vmax: float = 1.0) -> bytes:
     """PNG of a heat map over the display picture in a square cell (`attnviz.analysis.inspection.heat_map_png`);
     not cached: cheap."""

@@ -20,10 +20,8 @@ models = [zoo[i] for i in chosen]
 colors = [figures.model_color(i) for i in range(len(models))]
 
 with phase("picture inputs"):
-    sources = ui.image_inputs(services.gallery(), key="inspect")
-items = [services.decode(name, data) for name, data in sources]
-good = [item for item in items if item.error is None]
-if not items:
+    sources = ui.image_inputs(services.gallery(), key="inspect")  # (name, bytes): decoded in services.compare
+if not sources:
     st.info("Pick a gallery image, upload one, or take a picture to begin.")
     st.stop()
 
@@ -54,47 +52,11 @@ with c_opts:
                            help="LGAM, CBAM, BAM and SGE compute a spatial mask of their own.")
 
 
-def layer_of(model_id: str) -> str:
-    return services.model_layers(model_id)["stages"][layer_choice - 1]
-
-
-# ------------------------------------------------------------------------------------------ compute
-# results[model id][picture index]: an attnviz.analysis.inspection.Inspection (cached per model and picture)
-results, errors = {}, {}
-if good:
-    with st.spinner(f"Running {ui.METHOD_LABELS.get(method, method)} on {len(good)} picture(s) x {len(models)} model(s)..."):
-        for m in models:
-            try:
-                results[m["id"]] = [services.inspect(m["id"], item.digest, item, method, target, layer_of(m["id"]),
-                                                     scores=show_scores, masks=show_masks) for item in good]
-            except services.user_errors() as err:
-                errors[m["id"]] = str(err)
-for model_id, message in errors.items():
-    st.error(f"{zoo[model_id]['name']}: {message}")
-
-# ------------------------------------------------------------------------------------- predictions
-st.subheader("Predictions")
-for index, item in enumerate(good):
-    probs = {zoo[mid]["name"]: per_picture[index].probs for mid, per_picture in results.items()}
-    if not probs:
-        break
-    left, right = st.columns([1, 5], vertical_alignment="center")
-    left.image(item.thumbnail, caption=item.name, width=120)
-    with phase("predictions figure"):
-        right.markdown(figures.topk_html(probs, class_names, [colors[chosen.index(mid)] for mid in results]),
-                       unsafe_allow_html=True)
-st.caption("Top-5 classes of each model for each picture: look for models that agree, and for how sure "
-           "they are. Untrained models spread their probability almost evenly.")
-
-# ---------------------------------------------------------------------------------------- the grid
-st.subheader("Where each model looks")
-
-
-def model_cell(col, item, row: int, m: dict, inspection, colormap: str, opacity: float, mask_site: str) -> list[dict]:
-    """One model's maps for one picture (and its module mask), drawn in ``col``; returns them for the report."""
+def model_cell(col, item, row: int, m: dict, cell) -> list[dict]:
+    """One model's drawn maps for one picture (and its module mask), in ``col``; returns them for the report."""
     figures = []
-    for j, e in enumerate(inspection.own_maps):
-        png = services.overlay_png(item.display, e.heatmap, colormap, opacity)
+    inspection = cell.inspection
+    for j, (e, png) in enumerate(zip(inspection.own_maps, cell.map_pngs, strict=True)):
         label = class_names[e.target] if e.target < len(class_names) else str(e.target)
         text = f"{label} · p={e.target_prob:.2f}"
         if inspection.scores is not None:
@@ -106,75 +68,99 @@ def model_cell(col, item, row: int, m: dict, inspection, colormap: str, opacity:
                             on_click="ignore")
         figures.append({"png": png, "row": item.name, "column": m["name"], "caption": text})
     if show_masks:
-        sites = list(inspection.masks or {})
-        if not sites:
+        if cell.mask is None:
             col.caption("no spatial mask: this model's modules are channel-only")
             return figures
-        site = sites[-1] if mask_site == "deepest site" else sites[0]
-        reading = inspection.masks[site]
-        png = services.overlay_png(item.display, reading.mask, colormap, opacity)
-        text = f"mask {site} · deletion {reading.deletion:.3f} · insertion {reading.insertion:.3f}"
-        col.image(png, caption=text, width=ui.GRID_IMAGE_WIDTH)
-        figures.append({"png": png, "row": item.name, "column": f"{m['name']} mask {site}", "caption": text})
+        reading = cell.mask
+        text = f"mask {reading.site} · deletion {reading.deletion:.3f} · insertion {reading.insertion:.3f}"
+        col.image(cell.mask_png, caption=text, width=ui.GRID_IMAGE_WIDTH)
+        figures.append({"png": cell.mask_png, "row": item.name, "column": f"{m['name']} mask {reading.site}",
+                        "caption": text})
     return figures
 
 
 @st.fragment
-def heat_map_grid() -> None:
-    """Display settings only: changing them redraws this part and runs no model."""
+def results() -> None:
+    """Everything computed from the pictures: the one call to `services.compare` (cached per model and
+    picture) and its drawing. Display settings rerun only this part, and run no model."""
+    messages = st.container()
+    st.subheader("Predictions")
+    predictions = st.container()
+    st.caption("Top-5 classes of each model for each picture: look for models that agree, and for how sure "
+               "they are. Untrained models spread their probability almost evenly.")
+    st.subheader("Where each model looks")
     d1, d2, d3 = st.columns([1, 1, 2])
     colormap = d1.selectbox("Colour map", services.colormaps(), key="inspect_cmap",
                             index=services.colormaps().index("jet") if "jet" in services.colormaps() else 0)
     opacity = d2.slider("Heat map opacity", 0.0, 1.0, 0.5, 0.05, key="inspect_opacity")
     mask_site = d3.radio("Module mask shown", ["deepest site", "shallowest site"], horizontal=True,
                          key="inspect_mask_site", disabled=not show_masks)
-    figures = []
+    with st.spinner(f"Running {ui.METHOD_LABELS.get(method, method)} on {len(sources)} picture(s) x "
+                    f"{len(models)} model(s)..."):
+        comparison = services.compare(chosen, sources, method=method, target=target, stage=layer_choice,
+                                      scores=show_scores, masks=show_masks, colormap=colormap, opacity=opacity,
+                                      mask_site=mask_site.split()[0])
+    for model_id, message in comparison.errors.items():
+        messages.error(f"{zoo[model_id]['name']}: {message}")
+    usable, cells = comparison.usable, comparison.cells
+
+    for index, item in enumerate(usable):
+        probs = {zoo[mid]["name"]: per_picture[index].inspection.probs for mid, per_picture in cells.items()}
+        if not probs:
+            break
+        left, right = predictions.columns([1, 5], vertical_alignment="center")
+        left.image(item.thumbnail, caption=item.name, width=120)
+        with phase("predictions figure"):
+            right.markdown(figures.topk_html(probs, class_names, [colors[chosen.index(mid)] for mid in cells]),
+                           unsafe_allow_html=True)
+
+    drawn = []
     header = st.columns([1] + [2] * max(len(models), 3))
     header[0].markdown("**picture**")
     for col, m in zip(header[1:], models, strict=False):
         tag = " *(untrained)*" if not m["trained"] else ""
         col.markdown(f"<span style='color:{colors[chosen.index(m['id'])]}'>■</span> **{m['name']}**{tag}",
                      unsafe_allow_html=True)
-    good_index = {item.digest: i for i, item in enumerate(good)}
-    for row, item in enumerate(items):
-        cells = st.columns([1] + [2] * max(len(models), 3))
+    usable_index = {id(item): i for i, item in enumerate(usable)}
+    for row, item in enumerate(comparison.pictures):
+        columns = st.columns([1] + [2] * max(len(models), 3))
         if item.error is not None:
-            cells[0].markdown(f"**{item.name}**")
-            cells[1].warning(f"{item.name} could not be used: {item.error}.", icon=":material/broken_image:")
+            columns[0].markdown(f"**{item.name}**")
+            columns[1].warning(f"{item.name} could not be used: {item.error}.", icon=":material/broken_image:")
             continue
-        index = good_index[item.digest]
-        cells[0].image(item.thumbnail, caption=item.name, width="stretch")  # never wider than its column
+        columns[0].image(item.thumbnail, caption=item.name, width="stretch")  # never wider than its column
         for note in item.notes:
-            cells[0].caption(note)
-        for col, m in zip(cells[1:], models, strict=False):
-            if m["id"] not in results:
+            columns[0].caption(note)
+        for col, m in zip(columns[1:], models, strict=False):
+            if m["id"] not in cells:
                 col.caption("no result (see the message above)")
                 continue
-            figures += model_cell(col, item, row, m, results[m["id"]][index], colormap, opacity, mask_site)
+            drawn += model_cell(col, item, row, m, cells[m["id"]][usable_index[id(item)]])
     st.caption("Heat maps are scaled to [0, 1] per map with one colour scale for every model; module masks "
                "are shown on their own [0, 1] values. Deletion (lower is better) and insertion (higher is "
                "better) measure how fast the class probability falls or rises when the hottest pixels go or come.")
-    if figures:
+    inspections = comparison.inspections()
+    if drawn:
         html = services.comparison_report(
-            [m["id"] for m in models if m["id"] in results], method=method, target=target_choice,
+            [m["id"] for m in models if m["id"] in cells], method=method, target=target_choice,
             target_label=ui.target_label(target_choice, class_names), layer=f"stage {layer_choice}",
-            colormap=colormap, opacity=opacity, figures=figures, score_rows=ui.score_rows(models, results, good,
-                                                                                        class_names))
+            colormap=colormap, opacity=opacity, figures=drawn,
+            score_rows=ui.score_rows(models, inspections, usable, class_names))
         st.download_button("Download the whole comparison (HTML report)", html, file_name="attnviz-comparison.html",
                            mime="text/html", key="inspect_report", icon=":material/description:", on_click="ignore")
 
+    if show_scores and cells and usable:
+        st.subheader(f"Deletion and insertion curves ({usable[0].name})")
+        first = {zoo[mid]["name"]: per_picture[0].inspection.scores[0] for mid, per_picture in cells.items()}
+        with phase("curves figure"):
+            curves = figures.curves_png({n: s.deletion_curve for n, s in first.items()},
+                                        {n: s.insertion_curve for n, s in first.items()},
+                                        [colors[chosen.index(mid)] for mid in cells])
+        st.image(curves, width="stretch")
+        st.caption("Deletion: the hottest pixels are removed first; a faithful map makes the curve drop fast. "
+                   "Insertion: the hottest pixels are restored first on a blurred picture; faithful maps rise fast. "
+                   "The areas under the curves are the scores under the maps.")
 
-with phase("heat map grid"):
-    heat_map_grid()
 
-if show_scores and results and good:
-    st.subheader(f"Deletion and insertion curves ({good[0].name})")
-    first = {zoo[mid]["name"]: per_picture[0].scores[0] for mid, per_picture in results.items()}
-    with phase("curves figure"):
-        curves = figures.curves_png({n: s.deletion_curve for n, s in first.items()},
-                                    {n: s.insertion_curve for n, s in first.items()},
-                                    [colors[chosen.index(mid)] for mid in results])
-    st.image(curves, width="stretch")
-    st.caption("Deletion: the hottest pixels are removed first; a faithful map makes the curve drop fast. "
-               "Insertion: the hottest pixels are restored first on a blurred picture; faithful maps rise fast. "
-               "The areas under the curves are the scores under the maps.")
+with phase("results"):
+    results()

@@ -10,16 +10,22 @@
   (``attnviz.analysis.faithfulness``). The result is an :class:`Inspection` of plain arrays: the app caches it per
   (model, picture, settings), the CLI prints it.
 - :func:`heat_map_png` draws a map over a picture (``attnviz.overlay``).
+- :func:`compare` is the whole way from uploaded bytes to drawn heat maps for a set of models: decode
+  every picture, inspect it with every model, draw each map over it. It returns a :class:`Comparison`
+  (pictures, one :class:`HeatMapCell` per model and usable picture, one sentence per model that failed),
+  which the Inspect page only lays out. How a model inspects a picture is the caller's ``inspect``
+  function, so the app passes its cached :func:`inspect_picture` and the library owns the flow.
 
-One picture per call: a page that adds a picture computes that picture alone, and the CLI's per-site
-summaries describe exactly one image.
+:func:`inspect_picture` takes one picture per call: a page that adds a picture computes that picture
+alone, and the CLI's per-site summaries describe exactly one image.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -29,7 +35,7 @@ from attnviz.analysis.explanations import Explanation, explain
 from attnviz.analysis.faithfulness import deletion_insertion, module_masks
 from attnviz.analysis.probes import probe
 from attnviz.device import model_device
-from attnviz.errors import ImageError
+from attnviz.errors import AttnvizError, ImageError
 from attnviz.images import letterbox, preprocess, read_image
 from attnviz.overlay import DEFAULT_COLORMAP, overlay_png
 
@@ -160,3 +166,71 @@ def heat_map_png(image: Image.Image, heatmap: np.ndarray, *, colormap: str = DEF
                  vmin: float = 0.0, vmax: float = 1.0, canvas: int | None = DISPLAY_SIDE) -> bytes:
     """PNG of ``heatmap`` over ``image`` (any aspect ratio; in a ``canvas`` px square unless None)."""
     return overlay_png(image, heatmap, colormap=colormap, opacity=opacity, vmin=vmin, vmax=vmax, canvas=canvas)
+
+
+@dataclass
+class HeatMapCell:
+    """One model's view of one picture, drawn: its :class:`Inspection`, one PNG per map of its own (the order
+    of ``inspection.own_maps``) and, when masks were asked for and the model has any, the chosen site's
+    module mask and its PNG."""
+
+    inspection: Inspection
+    map_pngs: list[bytes]
+    mask: MaskReading | None = None
+    mask_png: bytes | None = None
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` found: ``pictures`` as given (an unusable one carries its ``error``),
+    ``cells[model id]``: one :class:`HeatMapCell` per usable picture (the order of :attr:`usable`), and
+    ``errors[model id]``: one sentence for a model that could not inspect them (no cells then)."""
+
+    pictures: list[Picture]
+    cells: dict[str, list[HeatMapCell]]
+    errors: dict[str, str]
+
+    @property
+    def usable(self) -> list[Picture]:
+        return [picture for picture in self.pictures if picture.error is None]
+
+    def inspections(self) -> dict[str, list[Inspection]]:
+        """model id -> its inspections of the usable pictures."""
+        return {model: [cell.inspection for cell in cells] for model, cells in self.cells.items()}
+
+
+def compare(model_ids: Sequence[str], sources: Sequence[tuple[str, bytes]],
+            inspect: Callable[[str, Picture], Inspection], *, read: Callable[[str, bytes], Picture] = read_picture,
+            colormap: str = DEFAULT_COLORMAP, opacity: float = 0.5,
+            mask_site: Literal["deepest", "shallowest"] = "deepest") -> Comparison:
+    """Every model's heat maps over every picture: ``sources`` are (name, untrusted bytes), decoded with
+    ``read`` (a bad file gets its one-sentence ``error`` and is skipped); ``inspect(model id, picture)``
+    runs one model on one picture (:func:`inspect_picture` with the caller's method, target, layer and
+    scores); each map is drawn over the picture's ``display`` copy with ``colormap`` and ``opacity``
+    (maps in [0, 1]; module masks on their own [0, 1] values). A model whose ``inspect`` raises an
+    ``AttnvizError`` gets that sentence in ``errors`` and no cells; the other models go on."""
+    if mask_site not in ("deepest", "shallowest"):
+        raise AttnvizError(f"mask_site must be 'deepest' or 'shallowest', not {mask_site!r}")
+    pictures = [read(name, data) for name, data in sources]
+    usable = [picture for picture in pictures if picture.error is None]
+    cells: dict[str, list[HeatMapCell]] = {}
+    errors: dict[str, str] = {}
+    for model_id in model_ids:
+        try:
+            inspections = [inspect(model_id, picture) for picture in usable]
+        except AttnvizError as err:
+            errors[model_id] = str(err)
+            continue
+        cells[model_id] = [_draw(picture, inspection, colormap, opacity, mask_site)
+                           for picture, inspection in zip(usable, inspections, strict=True)]
+    return Comparison(pictures, cells, errors)
+
+
+def _draw(picture: Picture, inspection: Inspection, colormap: str, opacity: float, mask_site: str) -> HeatMapCell:
+    cell = HeatMapCell(inspection, [heat_map_png(picture.display, e.heatmap, colormap=colormap, opacity=opacity)
+                                    for e in inspection.own_maps])
+    if inspection.masks:
+        sites = list(inspection.masks)
+        cell.mask = inspection.masks[sites[-1] if mask_site == "deepest" else sites[0]]
+        cell.mask_png = heat_map_png(picture.display, cell.mask.mask, colormap=colormap, opacity=opacity)
+    return cell
