@@ -268,3 +268,18 @@ def test_lgam_gate_usage_counts_dead_channel_gates_map_states_and_live_positions
     module(-torch.rand(3, 16, 8, 8) - 1.0)
     usage = gate_usage(taps["channel"], taps["spatial"])
     assert usage.spatial_states["off"] == 3 and usage.live_positions == 0.0
+
+
+def test_a_models_gate_usage_counts_frozen_sites_and_dead_gates_over_its_sites():
+    from attnviz.layers.lgam import ModelGateUsage, gate_usage
+
+    weights = torch.tensor([[0.5, 0.5, 0.7], [0.5, 0.6, 0.5]])
+    off = torch.full((2, 1, 4, 4), 0.5)
+    mixed = torch.stack([torch.full((1, 4, 4), 1.0), torch.linspace(0.5, 1.0, 16).view(1, 4, 4)])
+    saturated_then_off = torch.stack([torch.full((1, 4, 4), 1.0), torch.full((1, 4, 4), 0.5)])
+    usage = ModelGateUsage({"a": gate_usage(weights, off), "b": gate_usage(weights, mixed),
+                            "c": gate_usage(weights[:, :2], saturated_then_off)})
+    assert usage.pictures == 2
+    assert usage.frozen_sites == ["a", "c"]  # b's second map varies: a picture still trains it
+    assert (usage.dead_channel_gates, usage.channel_gates) == (3, 8)
+    assert ModelGateUsage({}).pictures == 0 and ModelGateUsage({}).frozen_sites == []

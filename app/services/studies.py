@@ -56,19 +56,18 @@ def dead_units(model_id: str, sha256: str | None, n_images: int = 250) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def lgam_gate_usage(model_id: str, sha256: str | None, n_images: int = 250) -> dict:
+def lgam_gate_usage(model_id: str, sha256: str | None, n_images: int = 250):
     """Each LGAM site's gates on a fixed, class-balanced batch of sample test images
-    (`attnviz.layers.lgam.gate_usage`): ``{"per_site": {site: GateUsage}, "n_images"}``."""
+    (`attnviz.layers.lgam.gate_usage`) and the model-wide counts: a ``ModelGateUsage``."""
     from attnviz.analysis.probes import probe
-    from attnviz.layers.lgam import gate_usage
+    from attnviz.layers.lgam import ModelGateUsage, gate_usage
 
     _count("lgam_gate_usage")
     model, card = load_model(model_id)
     x, _, _ = _sample_batch(card, limit=n_images)
     result = probe(model, x)
-    per_site = {site.site: gate_usage(site.group_channel_weights, site.spatial)
-                for site in result if site.kind == "lgam"}
-    return {"per_site": per_site, "n_images": int(x.shape[0])}
+    return ModelGateUsage({site.site: gate_usage(site.group_channel_weights, site.spatial)
+                           for site in result if site.kind == "lgam"})
 
 
 SANITY_METHODS = ("gradcam", "gradcam++", "saliency", "guided_backprop", "integrated_gradients")

@@ -66,17 +66,14 @@ def gate_usage_table(model: dict) -> None:
     except services.user_errors() as err:
         st.caption(f"{model['name']}: {err}.")
         return
-    per_site, n = usage["per_site"], usage["n_images"]
     st.dataframe([{"site": figures.short_site(site), "map off": u.spatial_states["off"],
                    "map saturated": u.spatial_states["saturated"], "map flat": u.spatial_states["flat"],
                    "map varies": u.spatial_states["varies"], "live positions": f"{u.live_positions:.0%}",
                    "dead channel gates": f"{u.dead_channel_gates} of {u.channel_gates}"}
-                  for site, u in per_site.items()], hide_index=True)
-    frozen = [site for site, u in per_site.items() if u.spatial_states["off"] + u.spatial_states["saturated"] == n]
-    dead = sum(u.dead_channel_gates for u in per_site.values())
-    gates = sum(u.channel_gates for u in per_site.values())
-    st.caption(f"Over {n} sample test pictures (10 classes alike): {len(frozen)} of {len(per_site)} sites have a "
-               f"spatial map that is off (0.5) or saturated (1.0) for every picture, and {dead} of {gates} channel "
+                  for site, u in usage.per_site.items()], hide_index=True)
+    st.caption(f"Over {usage.pictures} sample test pictures (10 classes alike): {len(usage.frozen_sites)} of "
+               f"{len(usage.per_site)} sites have a spatial map that is off (0.5) or saturated (1.0) for every "
+               f"picture, and {usage.dead_channel_gates} of {usage.channel_gates} channel "
                "gates are dead (0.5 for every picture). Both gates are σ(δ(z)): where z ≤ 0 the ReLU passes no "
                "gradient, and where the sigmoid saturates almost none, so training cannot shape these gates any more. "
                "'Live positions' is the share of positions, over all pictures, where the spatial map lies strictly "

@@ -96,6 +96,15 @@ class Explanation:
         return float(self.probs[self.target])
 
 
+def load_backends() -> None:
+    """Import the explanation libraries now rather than at the first explanation: pytorch-grad-cam and
+    captum bring scipy, scikit-learn, matplotlib and OpenCV, about 2,400 modules. A server calls this
+    before `attnviz.device.settle_heap`, so that they are frozen with the models instead of being walked
+    by every later garbage collection."""
+    import pytorch_grad_cam  # noqa: F401
+    from captum import attr  # noqa: F401
+
+
 def canonical_method(method: str) -> str:
     key = method.strip().lower().replace(" ", "")
     key = _ALIASES.get(key, key)

@@ -82,6 +82,31 @@ class GateUsage:
         return self.dead_channel_gates / self.channel_gates if self.channel_gates else 0.0
 
 
+@dataclass(frozen=True)
+class ModelGateUsage:
+    """:class:`GateUsage` of every LGAM site of one model on the same pictures, and the model-wide counts."""
+
+    per_site: dict[str, GateUsage]
+
+    @property
+    def pictures(self) -> int:
+        return next(iter(self.per_site.values())).pictures if self.per_site else 0
+
+    @property
+    def frozen_sites(self) -> list[str]:
+        """Sites whose spatial map is off or saturated for every picture: no picture trains that map."""
+        return [site for site, usage in self.per_site.items()
+                if usage.spatial_states["off"] + usage.spatial_states["saturated"] == usage.pictures]
+
+    @property
+    def dead_channel_gates(self) -> int:
+        return sum(usage.dead_channel_gates for usage in self.per_site.values())
+
+    @property
+    def channel_gates(self) -> int:
+        return sum(usage.channel_gates for usage in self.per_site.values())
+
+
 def gate_usage(group_channel_weights, spatial_maps) -> GateUsage:
     """Which of one site's gates can still learn, from its readouts on a batch of pictures.
 

@@ -103,11 +103,11 @@ def test_shipped_entries_whose_spec_has_options_are_the_defaults_and_fill_their_
     # over the sample set: the table's numbers are the library's for the same batch
     usage = services.lgam_gate_usage(lgam["id"], lgam["weights_sha256"])
     table = next(d.value for d in at.dataframe if "map off" in d.value.columns)
-    assert list(table["site"]) == [site.removesuffix(".attn") for site in usage["per_site"]]
-    assert list(table["map off"]) == [u.spatial_states["off"] for u in usage["per_site"].values()]
-    summary = [c.value for c in at.caption if c.value.startswith(f"Over {usage['n_images']} sample test pictures")]
-    dead = sum(u.dead_channel_gates for u in usage["per_site"].values())
-    assert summary and f"{dead} of " in summary[0], summary
+    assert list(table["site"]) == [site.removesuffix(".attn") for site in usage.per_site]
+    assert list(table["map off"]) == [u.spatial_states["off"] for u in usage.per_site.values()]
+    summary = [c.value for c in at.caption if c.value.startswith(f"Over {usage.pictures} sample test pictures")]
+    assert summary and f"{len(usage.frozen_sites)} of {len(usage.per_site)} sites" in summary[0], summary
+    assert f"{usage.dead_channel_gates} of {usage.channel_gates} channel gates" in summary[0], summary
     at.session_state["models"] = [r["id"] for r in services.zoo_rows() if r["name"] == "resnet20"]
     at.run()  # no LGAM chosen: the page falls back to the zoo's own, found by its name
     assert [h.value for h in at.header][:1] == ["resnet20-lgam"]
