@@ -22,6 +22,8 @@ from collections.abc import Iterator
 PROFILE_ENV = "ATTNVIZ_PROFILE"
 _current = threading.local()  # the rerun this script thread is in (Streamlit runs each session's script on its own thread)
 _write_guard = threading.Lock()
+_record_guard = threading.Lock()  # a rerun's worker threads (in_this_rerun) add to its record too
+_WORKER_LOCK_WAIT = "_lock wait on worker threads"
 
 
 @contextlib.contextmanager
@@ -35,7 +37,36 @@ def phase(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        record[name] += time.perf_counter() - started
+        with _record_guard:
+            record[name] += time.perf_counter() - started
+
+
+def in_this_rerun(fn):
+    """``fn`` wrapped to run on a worker thread as part of the calling script run: with its Streamlit
+    context (so caches and the session are this run's) and, when profiling, adding its phases and its
+    model-lock waits to this run's record (phases of workers running side by side add up)."""
+    from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+
+    from attnviz.locks import lock_wait_seconds
+
+    ctx = get_script_run_ctx()
+    record = getattr(_current, "record", None)
+
+    def run(*args, **kwargs):
+        thread = threading.current_thread()
+        add_script_run_ctx(thread, ctx)
+        _current.record = record
+        waited = lock_wait_seconds()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if record is not None:
+                with _record_guard:
+                    record[_WORKER_LOCK_WAIT] += lock_wait_seconds() - waited
+            _current.record = None
+            add_script_run_ctx(thread, None)  # the pool's thread serves other sessions next
+
+    return run
 
 
 @contextlib.contextmanager
@@ -55,9 +86,12 @@ def rerun(page: str) -> Iterator[None]:
     finally:
         total = time.perf_counter() - started
         record, _current.record = _current.record, None
-        line = {"page": page, "session": _session_id(), "total_s": round(total, 6),
-                "phases": {k: round(v, 6) for k, v in record.items()},
-                "lock_wait_s": round(lock_wait_seconds() - waited_before, 6), "torch_threads": _torch_threads(),
+        with _record_guard:
+            worker_waits = record.pop(_WORKER_LOCK_WAIT, 0.0)
+            phases = {k: round(v, 6) for k, v in record.items()}
+        line = {"page": page, "session": _session_id(), "total_s": round(total, 6), "phases": phases,
+                "lock_wait_s": round(lock_wait_seconds() - waited_before + worker_waits, 6),
+                "torch_threads": _torch_threads(),
                 "at": round(time.time(), 3)}
         with _write_guard:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # e.g. runs/ in a fresh clone

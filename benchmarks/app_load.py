@@ -253,7 +253,8 @@ def server_breakdown(profile: Path, start: float, end: float) -> dict[str, float
 def print_breakdown(phases_by_window: dict) -> None:
     """One column per measured window (``"single"``, then each concurrent session count)."""
     print("Server side, median seconds per Inspect rerun that computed an upload (app/profiling.py; phases "
-          "nest: 'inspect' holds its cache lookup, model load and compute)")
+          "nest: 'inspect' holds its cache lookup, model load and compute; the models run side by side inside "
+          "'compare', so 'inspect' adds up their threads' time and can exceed it)")
     heads = [("1 session" if name == "single" else f"{name} sessions") for name in phases_by_window]
     print(f"  {'phase':<34}" + "".join(f"{h:>13}" for h in heads))
     first = ["reruns", "total", "lock wait"]

@@ -67,6 +67,35 @@ def test_every_usable_picture_is_inspected_by_every_model_and_drawn_over_the_pic
     assert comparison.inspections()["resnet20-cbam"][1] is comparison.cells["resnet20-cbam"][1].inspection
 
 
+def test_models_inspected_side_by_side_on_an_executor_give_the_same_comparison(models):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [("a.png", _png(32, 32, 7)), ("b.png", _png(40, 30, 8))]
+    threads = set()
+
+    def inspect(model_id, picture):
+        threads.add(threading.current_thread().name)
+        return _inspector(models, [])(model_id, picture)
+
+    alone = compare(["resnet20-se", "broken", "resnet20-cbam"], sources, inspect)
+    with ThreadPoolExecutor(3, thread_name_prefix="side-by-side") as pool:
+        threads.clear()
+        together = compare(["resnet20-se", "broken", "resnet20-cbam"], sources, inspect, executor=pool)
+    assert threads and all(name.startswith("side-by-side") for name in threads)
+    assert together.errors == alone.errors and list(together.cells) == list(alone.cells)
+    for model_id in alone.cells:
+        for one, other in zip(alone.cells[model_id], together.cells[model_id], strict=True):
+            np.testing.assert_array_equal(one.inspection.probs, other.inspection.probs)
+            assert one.map_pngs == other.map_pngs
+
+    def buggy(model_id, picture):
+        raise RuntimeError("a bug, not a user's mistake")
+
+    with ThreadPoolExecutor(2) as pool, pytest.raises(RuntimeError, match="a bug"):
+        compare(["resnet20-se", "resnet20-cbam"], sources, buggy, executor=pool)
+
+
 def test_the_display_settings_change_the_pictures_and_not_the_inspection(models):
     sources = [("one.png", _png(32, 32, 3))]
     cached = {}

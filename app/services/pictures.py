@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from profiling import phase
+from profiling import in_this_rerun, phase
 from services.models import _count, load_model, zoo_by_id
 
 
@@ -133,8 +133,22 @@ def compare(model_ids: list[str], sources: list[tuple[str, bytes]], *, method: s
         return inspect(model_id, picture.digest, picture, method, target, layer, scores=scores, masks=masks)
 
     with phase("compare"):
-        return compare_pictures(model_ids, sources, inspect_one, read=decode, colormap=colormap, opacity=opacity,
-                                mask_site=mask_site)
+        return compare_pictures(model_ids, sources, in_this_rerun(inspect_one), read=decode, colormap=colormap,
+                                opacity=opacity, mask_site=mask_site, executor=model_workers())
+
+
+MODEL_WORKERS = 8
+
+
+@st.cache_resource(show_spinner=False)
+def model_workers():
+    """The threads on which a rerun's models are inspected side by side (`attnviz.analysis.inspection.compare`):
+    one user alone gets every core (each model's work runs on one torch thread, ATTNVIZ_THREADS). Shared
+    by every session and long-lived, so no call starts fresh threads; ``MODEL_WORKERS`` of them, so that
+    a classroom's reruns do not queue for a thread (they take turns per model at the model locks)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=MODEL_WORKERS, thread_name_prefix="attnviz-models")
 
 
 def overlay_png(display, heatmap, colormap: str, opacity: float, vmin: float = 0.0, vmax: float = 1.0) -> bytes:

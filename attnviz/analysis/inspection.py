@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -202,28 +203,48 @@ class Comparison:
 def compare(model_ids: Sequence[str], sources: Sequence[tuple[str, bytes]],
             inspect: Callable[[str, Picture], Inspection], *, read: Callable[[str, bytes], Picture] = read_picture,
             colormap: str = DEFAULT_COLORMAP, opacity: float = 0.5,
-            mask_site: Literal["deepest", "shallowest"] = "deepest") -> Comparison:
+            mask_site: Literal["deepest", "shallowest"] = "deepest", executor: Executor | None = None) -> Comparison:
     """Every model's heat maps over every picture: ``sources`` are (name, untrusted bytes), decoded with
     ``read`` (a bad file gets its one-sentence ``error`` and is skipped); ``inspect(model id, picture)``
     runs one model on one picture (:func:`inspect_picture` with the caller's method, target, layer and
     scores); each map is drawn over the picture's ``display`` copy with ``colormap`` and ``opacity``
     (maps in [0, 1]; module masks on their own [0, 1] values). A model whose ``inspect`` raises an
-    ``AttnvizError`` gets that sentence in ``errors`` and no cells; the other models go on."""
+    ``AttnvizError`` gets that sentence in ``errors`` and no cells; the other models go on.
+
+    With an ``executor``, the models are inspected side by side on its threads (each model's pictures in
+    order, on one thread): a server with idle cores answers one user sooner, and the result is the same.
+    ``inspect`` must then be safe to call from several threads at once (``attnviz.locks`` makes each
+    model's own calls take turns)."""
     if mask_site not in ("deepest", "shallowest"):
         raise AttnvizError(f"mask_site must be 'deepest' or 'shallowest', not {mask_site!r}")
     pictures = [read(name, data) for name, data in sources]
     usable = [picture for picture in pictures if picture.error is None]
+
+    def inspect_all(model_id: str) -> list[Inspection]:
+        return [inspect(model_id, picture) for picture in usable]
+
+    if executor is None or len(model_ids) < 2:
+        outcomes = [_outcome(inspect_all, model_id) for model_id in model_ids]
+    else:
+        outcomes = list(executor.map(lambda model_id: _outcome(inspect_all, model_id), model_ids))
     cells: dict[str, list[HeatMapCell]] = {}
     errors: dict[str, str] = {}
-    for model_id in model_ids:
-        try:
-            inspections = [inspect(model_id, picture) for picture in usable]
-        except AttnvizError as err:
-            errors[model_id] = str(err)
+    for model_id, outcome in zip(model_ids, outcomes, strict=True):
+        if isinstance(outcome, AttnvizError):
+            errors[model_id] = str(outcome)
             continue
         cells[model_id] = [_draw(picture, inspection, colormap, opacity, mask_site)
-                           for picture, inspection in zip(usable, inspections, strict=True)]
+                           for picture, inspection in zip(usable, outcome, strict=True)]
     return Comparison(pictures, cells, errors)
+
+
+def _outcome(inspect_all: Callable[[str], list[Inspection]], model_id: str) -> list[Inspection] | AttnvizError:
+    """One model's inspections, or the one-sentence error that stopped them (any other exception is a bug
+    and propagates)."""
+    try:
+        return inspect_all(model_id)
+    except AttnvizError as err:
+        return err
 
 
 def _draw(picture: Picture, inspection: Inspection, colormap: str, opacity: float, mask_site: str) -> HeatMapCell:

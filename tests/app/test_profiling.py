@@ -33,6 +33,44 @@ def test_a_rerun_writes_its_phases_only_when_profiling_is_on(tmp_path, monkeypat
     assert len(path.read_text().splitlines()) == 1
 
 
+def test_worker_threads_add_their_phases_and_lock_waits_to_the_callers_rerun(tmp_path, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import profiling
+    from torch import nn
+
+    from attnviz.locks import model_lock
+
+    path = tmp_path / "profile.jsonl"
+    monkeypatch.setenv(profiling.PROFILE_ENV, str(path))
+    model = nn.Linear(1, 1)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():  # another session holds the model for 0.1 s
+        with model_lock(model):
+            held.set()
+            release.wait(5)
+
+    def work(seconds: float) -> str:
+        with profiling.phase("inspect"):
+            with model_lock(model):
+                time.sleep(seconds)
+        return threading.current_thread().name
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait(5)
+    threading.Timer(0.1, release.set).start()
+    with ThreadPoolExecutor(2, thread_name_prefix="worker") as pool, profiling.rerun("Inspect an image"):
+        names = list(pool.map(profiling.in_this_rerun(work), [0.03, 0.03]))
+    holder.join()
+    assert all(name.startswith("worker") for name in names)
+    record = json.loads(path.read_text().splitlines()[0])
+    assert record["phases"]["inspect"] > 0.06 + 0.05  # both workers' spans, one of them behind the holder
+    assert record["lock_wait_s"] > 0.05 and "_lock wait on worker threads" not in record["phases"]
+
+
 @pytest.mark.slow  # runs models
 def test_the_real_inspect_page_is_profiled_phase_by_phase(app, tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNVIZ_PROFILE", str(tmp_path / "profile.jsonl"))
@@ -40,5 +78,5 @@ def test_the_real_inspect_page_is_profiled_phase_by_phase(app, tmp_path, monkeyp
     assert not app.exception
     records = [json.loads(line) for line in (tmp_path / "profile.jsonl").read_text().splitlines()]
     inspect_runs = [r for r in records if r["page"].startswith("Inspect")]
-    assert inspect_runs and {"sidebar", "picture inputs", "decode", "inspect", "heat map grid",
-                             "overlay png"} <= set(inspect_runs[-1]["phases"])
+    assert inspect_runs and {"sidebar", "picture inputs", "results", "compare", "decode",
+                             "inspect"} <= set(inspect_runs[-1]["phases"])
