@@ -102,26 +102,44 @@ def results() -> None:
                                       mask_site=mask_site.split()[0])
     for model_id, message in comparison.errors.items():
         messages.error(f"{zoo[model_id]['name']}: {message}")
-    usable, cells = comparison.usable, comparison.cells
+    draw_predictions(predictions, comparison)
+    drawn = draw_grid(comparison)
+    if drawn:
+        html = services.comparison_report(
+            [m["id"] for m in models if m["id"] in comparison.cells], method=method, target=target_choice,
+            target_label=ui.target_label(target_choice, class_names), layer=f"stage {layer_choice}",
+            colormap=colormap, opacity=opacity, figures=drawn,
+            score_rows=ui.score_rows(models, comparison.inspections(), comparison.usable, class_names))
+        st.download_button("Download the whole comparison (HTML report)", html, file_name="attnviz-comparison.html",
+                           mime="text/html", key="inspect_report", icon=":material/description:", on_click="ignore")
+    if show_scores:
+        draw_curves(comparison)
 
-    for index, item in enumerate(usable):
+
+def draw_predictions(box, comparison) -> None:
+    """Each usable picture's top-5 classes under every model that answered, in ``box``."""
+    cells = comparison.cells
+    for index, item in enumerate(comparison.usable):
         probs = {zoo[mid]["name"]: per_picture[index].inspection.probs for mid, per_picture in cells.items()}
         if not probs:
             break
-        left, right = predictions.columns([1, 5], vertical_alignment="center")
+        left, right = box.columns([1, 5], vertical_alignment="center")
         left.image(item.thumbnail, caption=item.name, width=120)
         with phase("predictions figure"):
             right.markdown(figures.topk_html(probs, class_names, [colors[chosen.index(mid)] for mid in cells]),
                            unsafe_allow_html=True)
 
-    drawn = []
+
+def draw_grid(comparison) -> list[dict]:
+    """One row per picture (a sentence for an unusable one), one column per model; returns the drawn maps."""
+    drawn, cells = [], comparison.cells
     header = st.columns([1] + [2] * max(len(models), 3))
     header[0].markdown("**picture**")
     for col, m in zip(header[1:], models, strict=False):
         tag = " *(untrained)*" if not m["trained"] else ""
         col.markdown(f"<span style='color:{colors[chosen.index(m['id'])]}'>■</span> **{m['name']}**{tag}",
                      unsafe_allow_html=True)
-    usable_index = {id(item): i for i, item in enumerate(usable)}
+    usable_index = {id(item): i for i, item in enumerate(comparison.usable)}
     for row, item in enumerate(comparison.pictures):
         columns = st.columns([1] + [2] * max(len(models), 3))
         if item.error is not None:
@@ -139,27 +157,24 @@ def results() -> None:
     st.caption("Heat maps are scaled to [0, 1] per map with one colour scale for every model; module masks "
                "are shown on their own [0, 1] values. Deletion (lower is better) and insertion (higher is "
                "better) measure how fast the class probability falls or rises when the hottest pixels go or come.")
-    inspections = comparison.inspections()
-    if drawn:
-        html = services.comparison_report(
-            [m["id"] for m in models if m["id"] in cells], method=method, target=target_choice,
-            target_label=ui.target_label(target_choice, class_names), layer=f"stage {layer_choice}",
-            colormap=colormap, opacity=opacity, figures=drawn,
-            score_rows=ui.score_rows(models, inspections, usable, class_names))
-        st.download_button("Download the whole comparison (HTML report)", html, file_name="attnviz-comparison.html",
-                           mime="text/html", key="inspect_report", icon=":material/description:", on_click="ignore")
+    return drawn
 
-    if show_scores and cells and usable:
-        st.subheader(f"Deletion and insertion curves ({usable[0].name})")
-        first = {zoo[mid]["name"]: per_picture[0].inspection.scores[0] for mid, per_picture in cells.items()}
-        with phase("curves figure"):
-            curves = figures.curves_png({n: s.deletion_curve for n, s in first.items()},
-                                        {n: s.insertion_curve for n, s in first.items()},
-                                        [colors[chosen.index(mid)] for mid in cells])
-        st.image(curves, width="stretch")
-        st.caption("Deletion: the hottest pixels are removed first; a faithful map makes the curve drop fast. "
-                   "Insertion: the hottest pixels are restored first on a blurred picture; faithful maps rise fast. "
-                   "The areas under the curves are the scores under the maps.")
+
+def draw_curves(comparison) -> None:
+    """The first usable picture's deletion and insertion curves, every model in its colour."""
+    cells, usable = comparison.cells, comparison.usable
+    if not (cells and usable):
+        return
+    st.subheader(f"Deletion and insertion curves ({usable[0].name})")
+    first = {zoo[mid]["name"]: per_picture[0].inspection.scores[0] for mid, per_picture in cells.items()}
+    with phase("curves figure"):
+        curves = figures.curves_png({n: s.deletion_curve for n, s in first.items()},
+                                    {n: s.insertion_curve for n, s in first.items()},
+                                    [colors[chosen.index(mid)] for mid in cells])
+    st.image(curves, width="stretch")
+    st.caption("Deletion: the hottest pixels are removed first; a faithful map makes the curve drop fast. "
+               "Insertion: the hottest pixels are restored first on a blurred picture; faithful maps rise fast. "
+               "The areas under the curves are the scores under the maps.")
 
 
 with phase("results"):
