@@ -53,9 +53,8 @@ def test_worker_threads_add_their_phases_and_lock_waits_to_the_callers_rerun(tmp
             release.wait(5)
 
     def work(seconds: float) -> str:
-        with profiling.phase("inspect"):
-            with model_lock(model):
-                time.sleep(seconds)
+        with profiling.phase("inspect"), model_lock(model):
+            time.sleep(seconds)
         return threading.current_thread().name
 
     holder = threading.Thread(target=hold_the_lock)
