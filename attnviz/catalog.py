@@ -4,8 +4,9 @@ Rows come from three places:
 - ``shipped``: checkpoints in the repository's ``checkpoints/``;
 - ``your run``: checkpoints written by training runs under ``$ATTNVIZ_HOME/runs``;
 - ``added``: checkpoints in the folders of ``$ATTNVIZ_CHECKPOINTS``;
-- ``untrained``: the zoo's specs (:data:`ZOO_SPECS`) that have no trained checkpoint, so a new user
-  can still see the architectures; their outputs are random and every page says so.
+- ``untrained``: the zoo's entries (:data:`ZOO_SPECS`) with no trained checkpoint of their spec and no
+  shipped one of their name (an entry being retrained under a changed spec keeps its shipped checkpoint), so
+  a new user can still see the architectures; their outputs are random and every page says so.
 
 Each row holds spec, attention, activation, Interflow mode, dataset, params and FLOPs (from the card,
 else counted on the built model by ``attnviz.stats``), test accuracy (from the card: measured by the
@@ -143,8 +144,10 @@ def zoo_rows(*, include_untrained: bool = True, dirs: list[Path] | None = None,
     rows = _card_rows(list_checkpoints(dirs), runs_dir())
     if include_untrained:
         trained_specs = {r.spec for r in rows}
-        for spec in ZOO_SPECS:
-            if _canonical(spec) in trained_specs:
+        # an entry being retrained under a changed spec keeps its shipped checkpoint until the new one ships
+        shipped_names = {r.name for r in rows if r.source == "shipped"}
+        for name, spec in ZOO:
+            if _canonical(spec) in trained_specs or name in shipped_names:
                 continue
             info = describe_spec(spec)
             rows.append(ZooRow(

@@ -184,3 +184,17 @@ def test_one_home_rule_for_runs_caches_and_jobs(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path))
     assert runs_dir() == tmp_path / "runs" == jobs.runs_dir() and cache_dir() == tmp_path / "cache"
     assert archives.attnviz_home is attnviz_home and archives.uploads_dir() == tmp_path / "uploads"
+
+
+def test_an_entry_retrained_under_a_new_spec_keeps_its_shipped_row(monkeypatch, tmp_path):
+    # a zoo entry whose spec changed (issue 11: LGAM) shows its shipped checkpoint until the new one ships,
+    # with no untrained twin beside it; entries with nothing shipped are listed as untrained
+    from attnviz.catalog import zoo_rows
+    from attnviz.paths import SHIPPED_DIR
+    from attnviz.zoo import ZOO
+
+    monkeypatch.setenv("ATTNVIZ_HOME", str(tmp_path))
+    rows = zoo_rows(with_latency=False, dirs=[SHIPPED_DIR])
+    assert sorted((r.name, r.source) for r in rows) == sorted((name, "shipped") for name, _ in ZOO)
+    untrained = zoo_rows(with_latency=False, dirs=[tmp_path / "nothing-here"])
+    assert sorted((r.name, r.source) for r in untrained) == sorted((spec, "untrained") for _, spec in ZOO)
