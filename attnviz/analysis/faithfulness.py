@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnviz.analysis import traced
 from attnviz.analysis.probes import probe
 from attnviz.device import model_device
 from attnviz.errors import AttnvizError
@@ -22,11 +23,15 @@ from attnviz.locks import borrowed
 
 
 def _predict_probs(model: nn.Module, batches: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """Softmax probability of ``targets[j]`` for each input ``batches[j]`` (no grad, in chunks)."""
+    """Softmax probability of ``targets[j]`` for each input ``batches[j]`` (no grad, in chunks).
+
+    Through the model's traced graph (``attnviz.analysis.traced``: the same numbers, without the interpreter
+    lock between operators, so other threads' Python cannot stall the passes).
+    """
     out = []
     with torch.no_grad():
         for start in range(0, batches.shape[0], chunk):
-            logits = model(batches[start:start + chunk]).float()
+            logits = traced.forward(model, batches[start:start + chunk]).float()
             probs = torch.softmax(logits, dim=1)
             out.append(probs.gather(1, targets[start:start + chunk, None]).squeeze(1).cpu())
     return torch.cat(out)
