@@ -11,11 +11,14 @@ scores are on the page (they replace the gallery's preselected pictures). The la
 the upload to that moment; the page load before it is not counted. All phases run in this one process
 against one real server (``streamlit run``, headless Chromium driven by Playwright):
 
-1. ``--warmup`` + ``--cycles`` cycles one after another (the warm-ups not counted) -> single p95;
+1. ``--warmup`` + ``--cycles`` cycles one after another (the warm-ups not counted) -> single p95, and
+   the server's CPU seconds per upload;
 2. for each N in ``--sessions`` (default 4 and 8), a classroom: rounds in which N students first open
    Inspect (every page loaded and idle), then all upload at the same moment, the worst case for the
    server; ``--cycles / N`` rounds (rounded up) -> the p95 over every upload, and its ratio to phase 1.
-   Clients are idle between actions: no page load ever overlaps another client's timed upload;
+   Clients are idle between actions: no page load ever overlaps another client's timed upload. Beside
+   it, the compute floor: N uploads' CPU seconds spread perfectly over the machine's cores, the least
+   any scheduling could give the last of them, as a ratio to the single p95;
 3. the memory check: the server's RSS after phases 1-2 (caches and models warm) and after
    ``--memory-cycles`` more sequential cycles (default 100).
 
@@ -337,14 +340,16 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             print(f"{args.processes} app process(es) up; {args.warmup + args.cycles} single cycles...",
                   file=sys.stderr, flush=True)
-            single = []
+            single, single_usage = [], []
             single_started = None
             for i in range(args.warmup + args.cycles):
                 if i == args.warmup:
                     single_started = time.time()
-                seconds = await one_cycle(browser, base, next(pictures), args.timeout, on_stuck)
+                # a round of one: the same steps as one_cycle, with the server's CPU time of the upload
+                seconds = await classroom_round(browser, base, [next(pictures)], args.timeout, on_stuck,
+                                                single_usage if i >= args.warmup else None, pids)
                 if i >= args.warmup:
-                    single.append(seconds)
+                    single += seconds
             windows = {"single": (single_started, time.time())}
 
             concurrent: dict[int, list[float]] = {}
@@ -370,6 +375,8 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
             await browser.close()
 
     print_breakdown({name: server_breakdown(profile, *window) for name, window in windows.items()})
+    cores = os.cpu_count() or 1
+    upload_cpu = sum(cpu for _, cpu, _ in single_usage) / len(single_usage)
     targets = {4: 2.5, 8: 5.0}
     single_p95 = p95(single)
     print(f"Inspect latency, upload -> scored heat maps ({len(single)} single cycles; concurrent: every session "
@@ -382,7 +389,12 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
               + f"   [{len(values)} uploads, {args.processes} app process(es)]")
         wall, cpu, busy = (sum(x) for x in zip(*usage[sessions], strict=True))
         print(f"{'':17}while the rounds' uploads ran ({wall:.1f} s): the server used {cpu / wall:.2f} cores, the "
-              f"whole machine {busy / wall:.2f} of {os.cpu_count()}")
+              f"whole machine {busy / wall:.2f} of {cores}")
+        # what no scheduling can beat: the last of N simultaneous uploads waits for all N uploads' CPU work
+        floor = sessions * upload_cpu / cores
+        print(f"{'':17}compute floor: {sessions} uploads x {upload_cpu:.2f} server CPU s each (single phase) on "
+              f"{cores} cores = {floor:.2f} s before the last can finish: a p95 ratio of at least "
+              f"{floor / single_p95:.2f}x with perfect scheduling and every browser on another machine")
     print(f"Server memory: {rss_start:.0f} MB after both phases, {rss_end:.0f} MB after {args.memory_cycles} more "
           f"upload-and-explain cycles: {rss_end - rss_start:+.0f} MB (target <= +50 MB per 100 cycles)")
 
