@@ -67,6 +67,7 @@ from services.studies import (  # noqa: F401
     intervention_labels,
     intervention_sites,
     lgam_gate_usage,
+    lgam_spatial_reduce,
     sanity_check,
 )
 

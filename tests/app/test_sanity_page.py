@@ -92,14 +92,20 @@ def test_shipped_entries_whose_spec_has_options_are_the_defaults_and_fill_their_
     import services
 
     lgam = next(r for r in services.zoo_rows() if r["name"] == "resnet20-lgam" and r["shipped"])
-    assert lgam["spec"] != "resnet20-lgam"  # the zoo's LGAM: resnet20-lgam:zero_init_residual=true
+    assert lgam["spec"] != "resnet20-lgam"  # the zoo's LGAM carries options (zero_init_residual, spatial_reduce)
     at = app.switch_page("views/lgam.py").run()
     assert not at.exception and lgam["id"] in at.session_state["models"]  # chosen by default, by zoo name
     assert [h.value for h in at.header][:1] == ["resnet20-lgam"]
     assert not any("no LGAM model" in w.value for w in at.warning)
-    # the shipped LGAM's eq. (5) sum is negative everywhere at most sites: flat at 0.5, said as such
-    flat = [c.value for c in at.caption if "sites are flat for this picture" in c.value]
-    assert flat and "of them at exactly 0.5" in flat[0], flat
+    # the caption says how this checkpoint pools eq. (5); the first shipped LGAM (a channel sum) is negative
+    # everywhere at most sites for this picture: flat at 0.5, said as such
+    caption = next(c.value for c in at.caption if c.value.startswith("M_spat of every LGAM site"))
+    if "spatial_reduce=mean" in lgam["spec"]:
+        assert "channel *mean* instead of the paper's sum" in caption and "*sum* over all channels" not in caption
+    else:
+        assert "*sum* over all channels" in caption and "channel *mean*" not in caption
+        assert "sites are flat for this picture" in caption and "of them at exactly 0.5" in caption, caption
+        assert "eq. (5)'s channel sum is negative" in caption
     # over the sample set: the table's numbers are the library's for the same batch
     usage = services.lgam_gate_usage(lgam["id"], lgam["weights_sha256"])
     table = next(d.value for d in at.dataframe if "map off" in d.value.columns)
