@@ -42,6 +42,9 @@ which does not lift that), and a client waits for its maps with a check inside t
 not with a round trip to this process per check. That is pessimistic for the concurrent latency: a
 client whose maps are ready waits to paint (and to send its upload) until the server has no other work,
 where a laptop would do both at once. ``--client-priority normal`` lets the clients compete as equals.
+Client pages are still (``--client-animations off``, the default): no CSS animation or transition, so
+the browsers do not paint spinners and fades frame by frame, in software, on the server's cores; a
+laptop would paint them for itself. The page's content and the server's work are the same.
 A cycle that shows no result within ``--timeout`` seconds leaves a screenshot, the page's text
 and (with ``py-spy`` installed) every server thread's stack in ``--diagnostics``.
 
@@ -155,12 +158,27 @@ async def wait_for_captions(page, expected: int, timeout_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
+# A client's spinners and fades are painted by its own laptop in a classroom; here they would be painted, in
+# software, frame by frame, on the server's cores. So unless --client-animations on, every client page is
+# still: no CSS animation or transition (the page's content and its timing are the same).
+CLIENT_ANIMATIONS = False
+STILL_PAGE_JS = """
+document.addEventListener('DOMContentLoaded', () => {
+  const style = document.createElement('style');
+  style.textContent = '*, *::before, *::after { animation: none !important; transition: none !important; }';
+  document.head.appendChild(style);
+});
+"""
+
+
 async def open_inspect(browser, base: str, timeout_s: float):
     """A user opens Inspect in a new browser session (its own context) and waits until the gallery's
     scored maps are drawn; returns (context, page, models chosen)."""
     # a laptop's screen, not the whole page: a browser paints what is in view, and every client here
     # paints on the server's own cores
-    context = await browser.new_context(viewport=VIEWPORT)
+    context = await browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")
+    if not CLIENT_ANIMATIONS:
+        await context.add_init_script(STILL_PAGE_JS)
     page = await context.new_page()
     await page.goto(base + "/inspect_image")
     await wait_idle(page, timeout_s)
@@ -335,6 +353,8 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
         # the server is up at normal priority; from here this process, Playwright's driver and every
         # browser it starts are clients, which in a classroom would run on the students' own laptops
         lower_client_priority(args.client_priority)
+        global CLIENT_ANIMATIONS
+        CLIENT_ANIMATIONS = args.client_animations == "on"
 
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -405,6 +425,8 @@ def main() -> None:
                         help="concurrent session counts to measure, one after another")
     parser.add_argument("--client-priority", choices=["idle", "normal"], default="idle",
                         help="the clients' CPU priority: idle (SCHED_IDLE: the server's work goes first) or normal")
+    parser.add_argument("--client-animations", choices=["off", "on"], default="off",
+                        help="let the client pages animate (spinners, fades): painted on this machine's cores")
     parser.add_argument("--cycles", type=int, default=20, help="timed cycles per phase")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--memory-cycles", type=int, default=100)
