@@ -176,7 +176,7 @@ async def open_inspect(browser, base: str, timeout_s: float):
     scored maps are drawn; returns (context, page, models chosen)."""
     # a laptop's screen, not the whole page: a browser paints what is in view, and every client here
     # paints on the server's own cores
-    context = await browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")
+    context = await browser.new_context(viewport=VIEWPORT, reduced_motion=None if CLIENT_ANIMATIONS else "reduce")
     if not CLIENT_ANIMATIONS:
         await context.add_init_script(STILL_PAGE_JS)
     page = await context.new_page()

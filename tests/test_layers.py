@@ -283,3 +283,12 @@ def test_a_models_gate_usage_counts_frozen_sites_and_dead_gates_over_its_sites()
     assert usage.frozen_sites == ["a", "c"]  # b's second map varies: a picture still trains it
     assert (usage.dead_channel_gates, usage.channel_gates) == (3, 8)
     assert ModelGateUsage({}).pictures == 0 and ModelGateUsage({}).frozen_sites == []
+
+
+def test_spatial_reduce_of_reads_how_a_model_pools_eq5():
+    from attnviz.layers.lgam import spatial_reduce_of
+    from attnviz.models.registry import create_model
+
+    assert spatial_reduce_of(create_model("resnet20-lgam")) == "sum"
+    assert spatial_reduce_of(create_model("resnet20-lgam:spatial_reduce=mean")) == "mean"
+    assert spatial_reduce_of(create_model("resnet20-se")) is None

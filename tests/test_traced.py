@@ -66,7 +66,6 @@ def test_a_hook_added_after_tracing_is_honoured():
             hooked = traced.forward(model, x)
         finally:
             handle.remove()
-        assert torch.equal(hooked, model(torch.zeros_like(x)) * 0 + hooked)  # shape kept
         assert not torch.equal(hooked, plain)  # the hook ran: the trace was not used
         assert torch.equal(traced.forward(model, x), plain)
 

@@ -70,12 +70,11 @@ def lgam_gate_usage(model_id: str, sha256: str | None, n_images: int = 250):
                            for site in result if site.kind == "lgam"})
 
 
-def lgam_spatial_reduce(model_id: str) -> str:
-    """How the model's LGAM modules pool the channels in eq. (5): "sum" (the paper's) or "mean"."""
-    from attnviz.layers.lgam import LGAM
+def lgam_spatial_reduce(model_id: str) -> str | None:
+    """How the model's LGAM modules pool eq. (5) (`attnviz.layers.lgam.spatial_reduce_of`)."""
+    from attnviz.layers.lgam import spatial_reduce_of
 
-    model, _ = load_model(model_id)
-    return next((m.spatial_reduce for m in model.modules() if isinstance(m, LGAM)), "sum")
+    return spatial_reduce_of(load_model(model_id)[0])
 
 
 SANITY_METHODS = ("gradcam", "gradcam++", "saliency", "guided_backprop", "integrated_gradients")

@@ -47,18 +47,18 @@ def spatial_maps(model: dict, sites: dict) -> None:
     states = {site: spatial_map_state(sites[site]["spatial"][0, 0]) for site in names}
     flat = [site for site in names if states[site] != "varies"]
     counts = {state: sum(1 for v in states.values() if v == state) for state in ("off", "saturated", "flat")}
-    pooled = "channel sum" if services.lgam_spatial_reduce(model["id"]) == "sum" else "channel mean"
+    pooled = services.lgam_spatial_reduce(model["id"])  # "sum" (the paper's eq. (5)) or "mean"
     st.caption("M_spat of every LGAM site from the first block (top left) to the last, upsampled from its own "
                "resolution. Scale fixed to [0.5, 1] for every site and model: the ReLU inside σ(δ(·)) of eq. (6) "
                "keeps the map at 0.5 or above, so 0.5 (dark) means 'not boosted', bright means 'boosted'."
                + ((f" {len(flat)} of {len(names)} sites are flat for this picture (one value everywhere)"
-                  + (f"; {counts['off']} of them at exactly 0.5: there eq. (5)'s {pooled} is negative at every "
+                  + (f"; {counts['off']} of them at exactly 0.5: there eq. (5)'s channel {pooled} is negative at every "
                      "position, the ReLU turns it into 0 and the site boosts nothing" if counts["off"] else "")
-                  + (f"; {counts['saturated']} at 1.0: the {pooled.split()[1]} is so large everywhere that the sigmoid "
+                  + (f"; {counts['saturated']} at 1.0: the {pooled} is so large everywhere that the sigmoid "
                      "saturates" if counts["saturated"] else "")
                   + (f"; {counts['flat']} at another single value" if counts["flat"] else "") + ".") if flat else "")
                + (" Eq. (5) builds the map from the *sum* over all channels, which drives the sigmoid to its bounds "
-                  "(the modules study, reports/modules, compares a channel mean)." if pooled == "channel sum" else
+                  "(the modules study, reports/modules, compares a channel mean)." if pooled == "sum" else
                   " This model pools eq. (5) with a channel *mean* instead of the paper's sum (see 'Which LGAM this is' above), "
                   "which keeps the sigmoid further from its bounds."))
 

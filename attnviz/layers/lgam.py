@@ -224,3 +224,9 @@ class LGAM(AttentionModule):
             spatial_logits = a_prime.mean(dim=1, keepdim=True)
         spatial_map = self.tap_spatial(self.spatial_gate(self.spatial_act(spatial_logits)))  # eq. (6)
         return self.tap_output(a_prime * spatial_map + x)  # eq. (7)
+
+
+def spatial_reduce_of(model: nn.Module) -> str | None:
+    """How ``model``'s LGAM modules pool the channels in eq. (5): "sum" (the paper's) or "mean"; None
+    when it has no LGAM module."""
+    return next((m.spatial_reduce for m in model.modules() if isinstance(m, LGAM)), None)
