@@ -200,11 +200,12 @@ UPLOAD_DONE_JS = """([models, name]) => {
 POLL_MS = 50
 
 
-async def upload_and_wait(page, picture: Path, models: int, timeout_s: float, on_stuck=None) -> float:
+async def upload_and_wait(page, picture: Path, models: int, timeout_s: float, on_stuck=None,
+                          marks: list | None = None) -> float:
     """Upload ``picture`` on an open Inspect page and wait for its scored heat maps; returns seconds.
 
     ``on_stuck(page, picture)`` (async) is called before a timeout is raised, to keep what the page and
-    the server were doing."""
+    the server were doing; ``marks`` gets (upload started, maps on the page), both ``time.time()``."""
     started = time.time()  # the page's Date.now() reads the same clock
     await page.locator("input[type='file']").first.set_input_files(str(picture))
     # an upload replaces the gallery's preselected pictures: done when the grid holds the upload's
@@ -216,7 +217,10 @@ async def upload_and_wait(page, picture: Path, models: int, timeout_s: float, on
         if on_stuck is not None:
             await on_stuck(page, picture)
         raise TimeoutError(f"no heat maps for {picture.name} after {timeout_s:.0f} s") from error
-    elapsed = await done.json_value() / 1000 - started
+    done_at = await done.json_value() / 1000
+    if marks is not None:
+        marks.append((started, done_at))
+    elapsed = done_at - started
     if await page.locator("[data-testid='stException']").count():
         raise RuntimeError("the page showed a traceback")
     return elapsed
@@ -233,17 +237,18 @@ async def one_cycle(browser, base: str, picture: Path, timeout_s: float = 600.0,
 
 
 async def classroom_round(browser, base: str, pictures: list[Path], timeout_s: float, on_stuck=None,
-                          usage: list | None = None, pids: list[int] = ()) -> list[float]:
+                          usage: list | None = None, pids: list[int] = (), marks: list | None = None) -> list[float]:
     """``len(pictures)`` students: every one opens Inspect first (all pages loaded and idle), then all
     upload at the same moment, the worst case for the server; returns each upload's seconds.
 
     Page loads happen before the timed window, so no client's page load competes with another's upload:
     a classroom's browsers sit idle between actions. ``usage`` gets (wall seconds, server CPU seconds,
-    whole-machine busy CPU seconds) of the uploads, the server being ``pids``."""
+    whole-machine busy CPU seconds) of the uploads, the server being ``pids``; ``marks`` each upload's
+    (started, maps on the page)."""
     opened = await asyncio.gather(*(open_inspect(browser, base, timeout_s) for _ in pictures))
     try:
         started, cpu_started, busy_started = time.perf_counter(), cpu_seconds(pids), machine_busy_seconds()
-        seconds = list(await asyncio.gather(*(upload_and_wait(page, picture, models, timeout_s, on_stuck)
+        seconds = list(await asyncio.gather(*(upload_and_wait(page, picture, models, timeout_s, on_stuck, marks)
                                               for (_, page, models), picture in zip(opened, pictures, strict=True))))
         if usage is not None:
             usage.append((time.perf_counter() - started, cpu_seconds(pids) - cpu_started,
@@ -269,6 +274,28 @@ def server_breakdown(profile: Path, start: float, end: float) -> dict[str, float
            "lock wait": statistics.median(r["lock_wait_s"] for r in runs)}
     out |= {name: statistics.median(r["phases"].get(name, 0.0) for r in runs) for name in names}
     return out
+
+
+def client_timeline(profile: Path, marks: list[tuple[float, float]]) -> dict[str, float] | None:
+    """Where a lone user's wait goes, as medians over the single cycles: from the upload to the start of
+    the rerun that computed it (the browser sends the file and asks for a rerun; Streamlit starts the
+    script), the rerun itself (``app/profiling.py``'s total), and from its end to the maps on the page
+    (the deltas and images travel, the browser draws them). Cycles are one after another, so each
+    upload's rerun is the one that computed a picture inside its window."""
+    reruns = [json.loads(line) for line in profile.read_text(encoding="utf-8").splitlines()]
+    reruns = [r for r in reruns if any(name.startswith("inspect: compute") for name in r["phases"])]
+    parts = []
+    for started, shown in marks:
+        inside = [r for r in reruns if started <= r["at"] - r["total_s"] and r["at"] <= shown]
+        if len(inside) == 1:
+            rerun = inside[0]
+            begun = rerun["at"] - rerun["total_s"]
+            parts.append((begun - started, rerun["total_s"], shown - rerun["at"]))
+    if not parts:
+        return None
+    names = ("upload -> rerun starts", "the rerun", "rerun ends -> maps shown")
+    return {name: statistics.median(part[i] for part in parts) for i, name in enumerate(names)} | {
+        "cycles matched": float(len(parts))}
 
 
 def print_breakdown(phases_by_window: dict) -> None:
@@ -360,14 +387,15 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             print(f"{args.processes} app process(es) up; {args.warmup + args.cycles} single cycles...",
                   file=sys.stderr, flush=True)
-            single, single_usage = [], []
+            single, single_usage, single_marks = [], [], []
             single_started = None
             for i in range(args.warmup + args.cycles):
                 if i == args.warmup:
                     single_started = time.time()
                 # a round of one: the same steps as one_cycle, with the server's CPU time of the upload
+                timed = i >= args.warmup
                 seconds = await classroom_round(browser, base, [next(pictures)], args.timeout, on_stuck,
-                                                single_usage if i >= args.warmup else None, pids)
+                                                single_usage if timed else None, pids, single_marks if timed else None)
                 if i >= args.warmup:
                     single += seconds
             windows = {"single": (single_started, time.time())}
@@ -402,6 +430,13 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
     print(f"Inspect latency, upload -> scored heat maps ({len(single)} single cycles; concurrent: every session "
           f"uploads at the same moment, pages loaded beforehand; clients at {args.client_priority} priority)")
     print(f"  single          median {statistics.median(single):6.2f} s   p95 {single_p95:6.2f} s")
+    timeline = client_timeline(profile, single_marks)
+    if timeline:
+        print(f"{'':17}of which (medians over {timeline.pop('cycles matched'):.0f} cycles): "
+              + ", ".join(f"{name} {value:.3f} s" for name, value in timeline.items()))
+    client_cpu = sum(busy - cpu for _, cpu, busy in single_usage) / len(single_usage)
+    print(f"{'':17}CPU per upload: the server {upload_cpu:.2f} s, everything else on this machine (the "
+          f"browser, this process) {client_cpu:.2f} s")
     for sessions, values in concurrent.items():
         target = targets.get(sessions)
         print(f"  {sessions:>2} sessions     median {statistics.median(values):6.2f} s   p95 {p95(values):6.2f} s   "
