@@ -4,12 +4,12 @@
 Targets: Inspect's p95 latency with 4 concurrent sessions is at most 2.5x the single-session figure, with 8
 at most 5x; the server's memory grows by at most 50 MB over 100 upload-and-explain cycles.
 
-One *cycle* is what a user does: open Inspect in a new browser session (its own context), upload one
-picture nobody has uploaded before (a training image of the shipped sample set, never in the gallery,
-so no cached result can answer it), and wait until that picture's heat maps and deletion/insertion
-scores are on the page (they replace the gallery's preselected pictures). The latency is the time from
-the upload to that moment; the page load before it is not counted. All phases run in this one process
-against one real server (``streamlit run``, headless Chromium driven by Playwright):
+One *cycle* is what a user does: open Inspect in a new session, upload one picture nobody has uploaded
+before (a training image of the shipped sample set, never in the gallery, so no cached result can answer
+it), and wait until that picture's heat maps and deletion/insertion scores are on the page (they replace
+the gallery's preselected pictures) and their images are downloaded. The latency is the time from the
+upload to that moment; the page load before it is not counted. All phases run in this one process
+against one real server (``streamlit run``):
 
 1. ``--warmup`` + ``--cycles`` cycles one after another (the warm-ups not counted) -> single p95, and
    the server's CPU seconds per upload;
@@ -25,30 +25,43 @@ against one real server (``streamlit run``, headless Chromium driven by Playwrig
 Server side, the app runs with ``ATTNVIZ_PROFILE`` (``app/profiling.py``): every Inspect rerun that
 computed something new (an upload) is split into its phases (decode, inspect compute, overlay PNGs,
 figures, report, sidebar, cache lookups...) and the time it waited for model locks held by other
-sessions; the benchmark prints the median of each phase per measured window beside the browser-side
+sessions; the benchmark prints the median of each phase per measured window beside the client-side
 latency.
 
     .venv/bin/python benchmarks/app_load.py [--sessions 4 8] [--cycles 16] [--memory-cycles 100] [--processes 1]
+                                            [--clients protocol|browser]
 
 ``--processes N`` (N > 1) serves the app as a classroom would past one process (``attnviz.cluster``:
-N app processes behind nginx with sticky sessions; each new browser session goes to the next process);
+N app processes behind nginx with sticky sessions; each new session goes to the next process);
 the memory is then the sum over the processes. Run it with and without to compare on one machine.
 
-Every client is a browser on this machine, in a laptop-sized window (``VIEWPORT``), so the clients' own
-painting shares the server's cores; in a classroom each student's laptop paints its own page. So, once
-the server is up, this process, Playwright's driver and the browsers run at ``--client-priority idle``
-(SCHED_IDLE: a client runs only on a core the server leaves free; Chromium renices its own processes,
-which does not lift that), and a client waits for its maps with a check inside the page every 50 ms,
-not with a round trip to this process per check. That is pessimistic for the concurrent latency: a
-client whose maps are ready waits to paint (and to send its upload) until the server has no other work,
-where a laptop would do both at once. ``--client-priority normal`` lets the clients compete as equals.
-Client pages are still (``--client-animations off``, the default): no CSS animation or transition, so
-the browsers do not paint spinners and fades frame by frame, in software, on the server's cores; a
-laptop would paint them for itself. The page's content and the server's work are the same.
-A cycle that shows no result within ``--timeout`` seconds leaves a screenshot, the page's text
-and (with ``py-spy`` installed) every server thread's stack in ``--diagnostics``.
+The clients (``--clients``):
 
-Needs Chromium at /usr/bin/chromium (``apt-get install -y chromium``) and the ``playwright`` package.
+- ``protocol`` (the default): each student is Streamlit's own traffic without a browser
+  (``tests/app/protocol_client.py``): the page and health requests, one websocket carrying the protobuf
+  messages, the file uploader's PUT and its rerun, and a GET of every image the page shows (six at a time,
+  as Chromium does). What reaches the server is what a browser sends; nothing is drawn here. Why: a
+  headless Chromium per session, on the server's own 2 cores, spent more CPU per upload than the server
+  itself (the benchmark prints both), so browser classrooms measured the browsers as much as the app,
+  while in a classroom each laptop draws its own page. What a user sees after the maps arrive (the
+  browser decoding and painting them) is then not counted; the browser tests cover that the page draws.
+- ``browser``: a headless Chromium per session on this machine, in a laptop-sized window (``VIEWPORT``).
+  Its own painting shares the server's cores, so, once the server is up, this process, Playwright's
+  driver and the browsers run at ``--client-priority idle`` (SCHED_IDLE: a client runs only on a core the
+  server leaves free; Chromium renices its own processes, which does not lift that), and a client waits
+  for its maps with a check inside the page every 50 ms, not with a round trip to this process per check.
+  That is pessimistic for the concurrent latency: a client whose maps are ready waits to paint (and to
+  send its upload) until the server has no other work, where a laptop would do both at once.
+  ``--client-priority normal`` lets the clients compete as equals. Client pages are still
+  (``--client-animations off``, the default): no CSS animation or transition, so the browsers do not
+  paint spinners and fades frame by frame, in software, on the server's cores.
+
+A cycle that shows no result within ``--timeout`` seconds leaves the page (a browser's screenshot and
+text, or a protocol client's last run) and (with ``py-spy`` installed) every server thread's stack in
+``--diagnostics``.
+
+``--clients browser`` needs Chromium at /usr/bin/chromium (``apt-get install -y chromium``) and the
+``playwright`` package.
 """
 
 from __future__ import annotations
@@ -204,7 +217,7 @@ async def upload_and_wait(page, picture: Path, models: int, timeout_s: float, on
                           marks: list | None = None) -> float:
     """Upload ``picture`` on an open Inspect page and wait for its scored heat maps; returns seconds.
 
-    ``on_stuck(page, picture)`` (async) is called before a timeout is raised, to keep what the page and
+    ``on_stuck(picture)`` (async) is called before a timeout is raised, to keep what the page and
     the server were doing; ``marks`` gets (upload started, maps on the page), both ``time.time()``."""
     started = time.time()  # the page's Date.now() reads the same clock
     await page.locator("input[type='file']").first.set_input_files(str(picture))
@@ -215,7 +228,7 @@ async def upload_and_wait(page, picture: Path, models: int, timeout_s: float, on
                                             timeout=timeout_s * 1000)
     except Exception as error:  # playwright's TimeoutError
         if on_stuck is not None:
-            await on_stuck(page, picture)
+            await on_stuck(picture)
         raise TimeoutError(f"no heat maps for {picture.name} after {timeout_s:.0f} s") from error
     done_at = await done.json_value() / 1000
     if marks is not None:
@@ -226,37 +239,112 @@ async def upload_and_wait(page, picture: Path, models: int, timeout_s: float, on
     return elapsed
 
 
-async def one_cycle(browser, base: str, picture: Path, timeout_s: float = 600.0, on_stuck=None) -> float:
+class BrowserStudent:
+    """A student in a headless Chromium: a page open on Inspect (its own browser context)."""
+
+    def __init__(self, context, page, models: int) -> None:
+        self.context, self.page, self.models = context, page, models
+
+    @classmethod
+    async def open(cls, browser, base: str, timeout_s: float) -> BrowserStudent:
+        return cls(*await open_inspect(browser, base, timeout_s))
+
+    async def upload(self, picture: Path, timeout_s: float, on_stuck=None, marks: list | None = None) -> float:
+        stuck = None if on_stuck is None else (lambda pic: on_stuck(pic, page=self.page))
+        return await upload_and_wait(self.page, picture, self.models, timeout_s, stuck, marks)
+
+    async def close(self) -> None:
+        await self.context.close()
+
+
+def scored_maps(run) -> int:
+    """Heat maps with their scores in a protocol client's run (the browser counts the same captions)."""
+    return sum(1 for image in run.images() if "deletion" in image.caption and "p=" in image.caption)
+
+
+class ProtocolStudent:
+    """A student as Streamlit's protocol, no browser (``tests/app/protocol_client.py``): the same requests
+    to the server, nothing drawn on this machine."""
+
+    def __init__(self, client, models: int, uploader) -> None:
+        self.client, self.models, self.uploader = client, models, uploader
+
+    @classmethod
+    async def open(cls, browser, base: str, timeout_s: float) -> ProtocolStudent:
+        from protocol_client import ProtocolClient, chosen
+
+        def chosen_in(run, label: str) -> int:
+            return next((chosen(m) for m in run.widgets("multiselect") if m.label.startswith(label)), 0)
+
+        def gallery_drawn(run) -> bool:  # as open_inspect: every chosen model's map of every gallery picture
+            models, gallery = chosen_in(run, "Models to compare"), chosen_in(run, "Sample images")
+            return models > 0 and gallery > 0 and scored_maps(run) == models * gallery
+
+        client = ProtocolClient(base)
+        try:
+            run = await client.open("inspect_image", timeout_s, done=gallery_drawn)
+        except BaseException:
+            await client.close()
+            raise
+        return cls(client, chosen_in(run, "Models to compare"), run.widgets("file_uploader")[0])
+
+    async def upload(self, picture: Path, timeout_s: float, on_stuck=None, marks: list | None = None) -> float:
+        started = time.time()
+        try:
+            await self.client.upload(
+                picture, self.uploader.id, lambda run: scored_maps(run) == self.models and picture.name in run.text(),
+                timeout_s, multiple=self.uploader.multiple_files)
+        except TimeoutError:
+            if on_stuck is not None:
+                await on_stuck(picture, text=self.client.last_run.text() if self.client.last_run else "")
+            raise
+        shown = time.time()
+        if marks is not None:
+            marks.append((started, shown))
+        return shown - started
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def one_cycle(student_kind, browser, base: str, picture: Path, timeout_s: float = 600.0,
+                    on_stuck=None) -> float:
     """One user alone: open Inspect, upload ``picture``, wait for its scored heat maps; returns seconds
     from the upload (the page load is not counted)."""
-    context, page, models = await open_inspect(browser, base, timeout_s)
+    student = await student_kind.open(browser, base, timeout_s)
     try:
-        return await upload_and_wait(page, picture, models, timeout_s, on_stuck)
+        return await student.upload(picture, timeout_s, on_stuck)
     finally:
-        await context.close()
+        await student.close()
 
 
-async def classroom_round(browser, base: str, pictures: list[Path], timeout_s: float, on_stuck=None,
+async def classroom_round(student_kind, browser, base: str, pictures: list[Path], timeout_s: float, on_stuck=None,
                           usage: list | None = None, pids: list[int] = (), marks: list | None = None) -> list[float]:
-    """``len(pictures)`` students: every one opens Inspect first (all pages loaded and idle), then all
-    upload at the same moment, the worst case for the server; returns each upload's seconds.
+    """``len(pictures)`` students (``student_kind``: BrowserStudent or ProtocolStudent): every one opens
+    Inspect first (all pages loaded and idle), then all upload at the same moment, the worst case for the
+    server; returns each upload's seconds.
 
     Page loads happen before the timed window, so no client's page load competes with another's upload:
     a classroom's browsers sit idle between actions. ``usage`` gets (wall seconds, server CPU seconds,
     whole-machine busy CPU seconds) of the uploads, the server being ``pids``; ``marks`` each upload's
     (started, maps on the page)."""
-    opened = await asyncio.gather(*(open_inspect(browser, base, timeout_s) for _ in pictures))
+    opened = await asyncio.gather(*(student_kind.open(browser, base, timeout_s) for _ in pictures),
+                                  return_exceptions=True)
     try:
+        for outcome in opened:
+            if isinstance(outcome, BaseException):
+                raise outcome
         started, cpu_started, busy_started = time.perf_counter(), cpu_seconds(pids), machine_busy_seconds()
-        seconds = list(await asyncio.gather(*(upload_and_wait(page, picture, models, timeout_s, on_stuck, marks)
-                                              for (_, page, models), picture in zip(opened, pictures, strict=True))))
+        seconds = list(await asyncio.gather(*(student.upload(picture, timeout_s, on_stuck, marks)
+                                              for student, picture in zip(opened, pictures, strict=True))))
         if usage is not None:
             usage.append((time.perf_counter() - started, cpu_seconds(pids) - cpu_started,
                           machine_busy_seconds() - busy_started))
         return seconds
     finally:
-        for context, _, _ in opened:
-            await context.close()
+        for student in opened:
+            if not isinstance(student, BaseException):
+                await student.close()
 
 
 def server_breakdown(profile: Path, start: float, end: float) -> dict[str, float]:
@@ -280,7 +368,7 @@ def client_timeline(profile: Path, marks: list[tuple[float, float]]) -> dict[str
     """Where a lone user's wait goes, as medians over the single cycles: from the upload to the start of
     the rerun that computed it (the browser sends the file and asks for a rerun; Streamlit starts the
     script), the rerun itself (``app/profiling.py``'s total), and from its end to the maps on the page
-    (the deltas and images travel, the browser draws them). Cycles are one after another, so each
+    (the deltas and images travel; a browser also draws them). Cycles are one after another, so each
     upload's rerun is the one that computed a picture inside its window."""
     reruns = [json.loads(line) for line in profile.read_text(encoding="utf-8").splitlines()]
     reruns = [r for r in reruns if any(name.startswith("inspect: compute") for name in r["phases"])]
@@ -314,15 +402,13 @@ def print_breakdown(phases_by_window: dict) -> None:
 
 
 async def run(args) -> None:
-    from playwright.async_api import async_playwright
-
     pictures = iter(fresh_pictures())
     with tempfile.TemporaryDirectory() as home:
         profile = args.profile or Path(home) / "profile.jsonl"
         profile.parent.mkdir(parents=True, exist_ok=True)
         profile.unlink(missing_ok=True)
         os.environ["ATTNVIZ_PROFILE"] = str(profile)  # the server inherits it
-        await measure(args, pictures, home, profile, async_playwright)
+        await measure(args, pictures, home, profile)
 
 
 @contextlib.contextmanager
@@ -350,13 +436,16 @@ def _port_free(port: int) -> bool:
 
 
 def stuck_recorder(folder: Path, pids: list[int]):
-    """What to keep when a cycle times out: the page (screenshot, text) and every server thread's stack."""
+    """What to keep when a cycle times out: the page (a browser's screenshot and text, or a protocol client's
+    last run) and every server thread's stack."""
 
-    async def on_stuck(page, picture: Path) -> None:
+    async def on_stuck(picture: Path, page=None, text: str = "") -> None:
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{picture.stem}-{int(time.time())}"
-        await page.screenshot(path=str(folder / f"{stem}.png"), full_page=True)
-        (folder / f"{stem}.txt").write_text(await page.inner_text("body"))
+        if page is not None:  # a browser: its screenshot and text; a protocol client: its last run's elements
+            await page.screenshot(path=str(folder / f"{stem}.png"), full_page=True)
+            text = await page.inner_text("body")
+        (folder / f"{stem}.txt").write_text(text)
         if shutil.which("py-spy"):  # optional: `pip install py-spy`; stacks of a server that may be stuck
             for pid in pids:
                 dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True)
@@ -374,7 +463,7 @@ def lower_client_priority(policy: str) -> None:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
-async def measure(args, pictures, home: str, profile: Path, async_playwright) -> None:
+async def measure(args, pictures, home: str, profile: Path) -> None:
     with serve(args.processes, Path(home) / "home") as (base, pids):
         on_stuck = stuck_recorder(args.diagnostics, pids)
         # the server is up at normal priority; from here this process, Playwright's driver and every
@@ -382,61 +471,80 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
         lower_client_priority(args.client_priority)
         global CLIENT_ANIMATIONS
         CLIENT_ANIMATIONS = args.client_animations == "on"
+        if args.clients == "protocol":
+            measured = await phases(args, ProtocolStudent, None, base, pids, pictures, on_stuck)
+        else:
+            from playwright.async_api import async_playwright
 
-        async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            print(f"{args.processes} app process(es) up; {args.warmup + args.cycles} single cycles...",
-                  file=sys.stderr, flush=True)
-            single, single_usage, single_marks = [], [], []
-            single_started = None
-            for i in range(args.warmup + args.cycles):
-                if i == args.warmup:
-                    single_started = time.time()
-                # a round of one: the same steps as one_cycle, with the server's CPU time of the upload
-                timed = i >= args.warmup
-                seconds = await classroom_round(browser, base, [next(pictures)], args.timeout, on_stuck,
-                                                single_usage if timed else None, pids, single_marks if timed else None)
-                if i >= args.warmup:
-                    single += seconds
-            windows = {"single": (single_started, time.time())}
+            async with async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    measured = await phases(args, BrowserStudent, browser, base, pids, pictures, on_stuck)
+                finally:
+                    await browser.close()
+    report(args, profile, measured)
 
-            concurrent: dict[int, list[float]] = {}
-            usage: dict[int, list[tuple[float, float, float]]] = {}
-            for sessions in args.sessions:
-                rounds = -(-args.cycles // sessions)
-                print(f"{sessions} concurrent sessions: {rounds} round(s), everyone uploading at once...",
-                      file=sys.stderr, flush=True)
-                started, concurrent[sessions], usage[sessions] = time.time(), [], []
-                for _ in range(rounds):
-                    concurrent[sessions] += await classroom_round(
-                        browser, base, [next(pictures) for _ in range(sessions)], args.timeout, on_stuck,
-                        usage[sessions], pids)
-                windows[sessions] = (started, time.time())
 
-            await asyncio.sleep(3)
-            rss_start = sum(rss_mb(pid) for pid in pids)
-            print(f"{args.memory_cycles} memory cycles...", file=sys.stderr, flush=True)
-            for _ in range(args.memory_cycles):
-                await one_cycle(browser, base, next(pictures), args.timeout, on_stuck)
-            await asyncio.sleep(3)
-            rss_end = sum(rss_mb(pid) for pid in pids)
-            await browser.close()
+async def phases(args, student_kind, browser, base: str, pids: list[int], pictures, on_stuck) -> dict:
+    """The single cycles, each classroom, the memory cycles (the module docstring's phases 1-3)."""
+    print(f"{args.processes} app process(es) up, {args.clients} clients; {args.warmup + args.cycles} single "
+          "cycles...", file=sys.stderr, flush=True)
+    single, single_usage, single_marks = [], [], []
+    single_started = None
+    for i in range(args.warmup + args.cycles):
+        if i == args.warmup:
+            single_started = time.time()
+        # a round of one: the same steps as one_cycle, with the server's CPU time of the upload
+        timed = i >= args.warmup
+        seconds = await classroom_round(student_kind, browser, base, [next(pictures)], args.timeout, on_stuck,
+                                        single_usage if timed else None, pids, single_marks if timed else None)
+        if timed:
+            single += seconds
+    windows = {"single": (single_started, time.time())}
 
-    print_breakdown({name: server_breakdown(profile, *window) for name, window in windows.items()})
+    concurrent: dict[int, list[float]] = {}
+    usage: dict[int, list[tuple[float, float, float]]] = {}
+    for sessions in args.sessions:
+        rounds = -(-args.cycles // sessions)
+        print(f"{sessions} concurrent sessions: {rounds} round(s), everyone uploading at once...",
+              file=sys.stderr, flush=True)
+        started, concurrent[sessions], usage[sessions] = time.time(), [], []
+        for _ in range(rounds):
+            concurrent[sessions] += await classroom_round(
+                student_kind, browser, base, [next(pictures) for _ in range(sessions)], args.timeout, on_stuck,
+                usage[sessions], pids)
+        windows[sessions] = (started, time.time())
+
+    await asyncio.sleep(3)
+    rss_start = sum(rss_mb(pid) for pid in pids)
+    print(f"{args.memory_cycles} memory cycles...", file=sys.stderr, flush=True)
+    for _ in range(args.memory_cycles):
+        await one_cycle(student_kind, browser, base, next(pictures), args.timeout, on_stuck)
+    await asyncio.sleep(3)
+    rss_end = sum(rss_mb(pid) for pid in pids)
+    return {"single": single, "single_usage": single_usage, "single_marks": single_marks, "windows": windows,
+            "concurrent": concurrent, "usage": usage, "rss": (rss_start, rss_end)}
+
+
+def report(args, profile: Path, measured: dict) -> None:
+    single, single_usage, concurrent, usage = (measured[k] for k in ("single", "single_usage", "concurrent", "usage"))
+    rss_start, rss_end = measured["rss"]
+    print_breakdown({name: server_breakdown(profile, *window) for name, window in measured["windows"].items()})
     cores = os.cpu_count() or 1
     upload_cpu = sum(cpu for _, cpu, _ in single_usage) / len(single_usage)
     targets = {4: 2.5, 8: 5.0}
     single_p95 = p95(single)
     print(f"Inspect latency, upload -> scored heat maps ({len(single)} single cycles; concurrent: every session "
-          f"uploads at the same moment, pages loaded beforehand; clients at {args.client_priority} priority)")
+          f"uploads at the same moment, pages loaded beforehand; {args.clients} clients at {args.client_priority} "
+          "priority)")
     print(f"  single          median {statistics.median(single):6.2f} s   p95 {single_p95:6.2f} s")
-    timeline = client_timeline(profile, single_marks)
+    timeline = client_timeline(profile, measured["single_marks"])
     if timeline:
         print(f"{'':17}of which (medians over {timeline.pop('cycles matched'):.0f} cycles): "
               + ", ".join(f"{name} {value:.3f} s" for name, value in timeline.items()))
     client_cpu = sum(busy - cpu for _, cpu, busy in single_usage) / len(single_usage)
     print(f"{'':17}CPU per upload: the server {upload_cpu:.2f} s, everything else on this machine (the "
-          f"browser, this process) {client_cpu:.2f} s")
+          f"clients, this process) {client_cpu:.2f} s")
     for sessions, values in concurrent.items():
         target = targets.get(sessions)
         print(f"  {sessions:>2} sessions     median {statistics.median(values):6.2f} s   p95 {p95(values):6.2f} s   "
@@ -449,7 +557,7 @@ async def measure(args, pictures, home: str, profile: Path, async_playwright) ->
         floor = sessions * upload_cpu / cores
         print(f"{'':17}compute floor: {sessions} uploads x {upload_cpu:.2f} server CPU s each (single phase) on "
               f"{cores} cores = {floor:.2f} s before the last can finish: a p95 ratio of at least "
-              f"{floor / single_p95:.2f}x with perfect scheduling and every browser on another machine")
+              f"{floor / single_p95:.2f}x with perfect scheduling and every client on another machine")
     print(f"Server memory: {rss_start:.0f} MB after both phases, {rss_end:.0f} MB after {args.memory_cycles} more "
           f"upload-and-explain cycles: {rss_end - rss_start:+.0f} MB (target <= +50 MB per 100 cycles)")
 
@@ -458,6 +566,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[4, 8],
                         help="concurrent session counts to measure, one after another")
+    parser.add_argument("--clients", choices=["protocol", "browser"], default="protocol",
+                        help="browser: a headless Chromium per session; protocol: Streamlit's own messages and "
+                             "HTTP requests, nothing drawn (tests/app/protocol_client.py)")
     parser.add_argument("--client-priority", choices=["idle", "normal"], default="idle",
                         help="the clients' CPU priority: idle (SCHED_IDLE: the server's work goes first) or normal")
     parser.add_argument("--client-animations", choices=["off", "on"], default="off",
@@ -477,7 +588,7 @@ def main() -> None:
     needed = args.warmup + args.cycles + sum(-(-args.cycles // n) * n for n in args.sessions) + args.memory_cycles
     if needed > len(fresh_pictures()):
         parser.error(f"only {len(fresh_pictures())} fresh pictures: ask for fewer cycles")
-    if not Path(CHROMIUM).exists():
+    if args.clients == "browser" and not Path(CHROMIUM).exists():
         sys.exit(f"This benchmark drives Chromium at {CHROMIUM}; install it with apt-get install -y chromium.")
     asyncio.run(run(args))
 
