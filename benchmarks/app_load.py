@@ -257,17 +257,24 @@ class BrowserStudent:
         await self.context.close()
 
 
-def scored_maps(run) -> int:
-    """Heat maps with their scores in a protocol client's run (the browser counts the same captions)."""
-    return sum(1 for image in run.images() if "deletion" in image.caption and "p=" in image.caption)
+def scored_captions(run) -> list[str]:
+    """The captions of the heat maps with their scores in a protocol client's run (the browser counts the
+    same captions)."""
+    return [image.caption for image in run.images() if "deletion" in image.caption and "p=" in image.caption]
+
+
+# (picture, the session's model names, the captions its page showed) of every protocol upload: checked
+# against the library's numbers for that picture at the end
+PROTOCOL_SHOWN: list[tuple[Path, list[str], list[str]]] = []
 
 
 class ProtocolStudent:
     """A student as Streamlit's protocol, no browser (``tests/app/protocol_client.py``): the same requests
     to the server, nothing drawn on this machine."""
 
-    def __init__(self, client, models: int, uploader) -> None:
-        self.client, self.models, self.uploader = client, models, uploader
+    def __init__(self, client, model_names: list[str], uploader) -> None:
+        self.client, self.model_names, self.uploader = client, model_names, uploader
+        self.models = len(model_names)
 
     @classmethod
     async def open(cls, browser, base: str, timeout_s: float) -> ProtocolStudent:
@@ -278,7 +285,7 @@ class ProtocolStudent:
 
         def gallery_drawn(run) -> bool:  # as open_inspect: every chosen model's map of every gallery picture
             models, gallery = chosen_in(run, "Models to compare"), chosen_in(run, "Sample images")
-            return models > 0 and gallery > 0 and scored_maps(run) == models * gallery
+            return models > 0 and gallery > 0 and len(scored_captions(run)) == models * gallery
 
         client = ProtocolClient(base)
         try:
@@ -286,19 +293,23 @@ class ProtocolStudent:
         except BaseException:
             await client.close()
             raise
-        return cls(client, chosen_in(run, "Models to compare"), run.widgets("file_uploader")[0])
+        picker = next(m for m in run.widgets("multiselect") if m.label.startswith("Models to compare"))
+        names = [label.split(" · ")[0] for label in picker.raw_values][:chosen(picker)]  # "name · acc%"
+        return cls(client, names, run.widgets("file_uploader")[0])
 
     async def upload(self, picture: Path, timeout_s: float, on_stuck=None, marks: list | None = None) -> float:
         started = time.time()
         try:
-            await self.client.upload(
-                picture, self.uploader.id, lambda run: scored_maps(run) == self.models and picture.name in run.text(),
+            run = await self.client.upload(
+                picture, self.uploader.id,
+                lambda run: len(scored_captions(run)) == self.models and picture.name in run.text(),
                 timeout_s, multiple=self.uploader.multiple_files)
         except TimeoutError:
             if on_stuck is not None:
                 await on_stuck(picture, text=self.client.last_run.text() if self.client.last_run else "")
             raise
         shown = time.time()
+        PROTOCOL_SHOWN.append((picture, self.model_names, scored_captions(run)))
         if marks is not None:
             marks.append((started, shown))
         return shown - started
@@ -558,6 +569,14 @@ def report(args, profile: Path, measured: dict) -> None:
         print(f"{'':17}compute floor: {sessions} uploads x {upload_cpu:.2f} server CPU s each (single phase) on "
               f"{cores} cores = {floor:.2f} s before the last can finish: a p95 ratio of at least "
               f"{floor / single_p95:.2f}x with perfect scheduling and every client on another machine")
+    if PROTOCOL_SHOWN:  # "every session shows the single-session numbers", for every upload of the run
+        from apphelpers import inspect_captions
+
+        differ = [picture.name for picture, names, captions in PROTOCOL_SHOWN
+                  if captions != inspect_captions(names, picture.name, picture.read_bytes())]
+        print(f"Shown numbers: {len(PROTOCOL_SHOWN) - len(differ)} of {len(PROTOCOL_SHOWN)} uploads' captions "
+              "(class, p, deletion, insertion per model) equal the library's for that picture"
+              + (f"; differ: {', '.join(differ[:8])}" if differ else ""))
     print(f"Server memory: {rss_start:.0f} MB after both phases, {rss_end:.0f} MB after {args.memory_cycles} more "
           f"upload-and-explain cycles: {rss_end - rss_start:+.0f} MB (target <= +50 MB per 100 cycles)")
 

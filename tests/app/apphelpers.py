@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -20,3 +21,28 @@ def image_urls(at) -> list[str]:
     for element in at.get("image"):
         urls += [img.url for img in element.proto.imgs]
     return urls
+
+
+@functools.lru_cache(maxsize=16)
+def _shipped(name: str):
+    from attnviz.checkpoints import load_checkpoint
+    from attnviz.paths import SHIPPED_DIR
+
+    return load_checkpoint(SHIPPED_DIR / f"{name}.json")
+
+
+def inspect_captions(model_names: list[str], picture_name: str, data: bytes) -> list[str]:
+    """The captions Inspect writes under each shipped model's default map of an uploaded picture (Grad-CAM
+    of the predicted class, with its deletion/insertion scores), computed here with the library: what a
+    session must show for that upload, alone or in a crowd."""
+    from attnviz.analysis.inspection import inspect_picture, read_picture
+
+    picture = read_picture(picture_name, data)
+    captions = []
+    for name in model_names:
+        model, card = _shipped(name)
+        inspection = inspect_picture(model, card, picture.source, scores=True)
+        (explanation,), (score,) = inspection.own_maps, inspection.scores
+        captions.append(f"{card['class_names'][explanation.target]} · p={explanation.target_prob:.2f} · "
+                        f"deletion {score.deletion:.3f} · insertion {score.insertion:.3f}")
+    return captions

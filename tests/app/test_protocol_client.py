@@ -12,12 +12,11 @@ import asyncio
 import shutil
 
 import pytest
+from apphelpers import inspect_captions
 from appserver import app_server
 from protocol_client import ProtocolClient, chosen
 
-from attnviz.analysis.inspection import inspect_picture, read_picture
-from attnviz.checkpoints import load_checkpoint
-from attnviz.paths import SAMPLE_DIR, SHIPPED_DIR
+from attnviz.paths import SAMPLE_DIR
 
 pytestmark = pytest.mark.slow
 PICTURE = sorted((SAMPLE_DIR / "train" / "cat").glob("*.jpg"))[0]  # not in the gallery: nothing cached
@@ -32,20 +31,6 @@ async def open_inspect(base: str):
     run = await client.open("inspect_image", 300, done=lambda run: len(scored(run)) > 0)
     models = next(m for m in run.widgets("multiselect") if m.label.startswith("Models to compare"))
     return client, run, [value.split(" · ")[0] for value in models.raw_values][:chosen(models)]
-
-
-def expected_captions(model_names: list[str], data: bytes) -> list[str]:
-    """The captions Inspect writes under each default map (Grad-CAM, predicted class, scores), computed
-    here with the library."""
-    picture = read_picture(PICTURE.name, data)
-    captions = []
-    for name in model_names:
-        model, card = load_checkpoint(SHIPPED_DIR / f"{name}.json")  # the default models are shipped ones
-        inspection = inspect_picture(model, card, picture.source, scores=True)
-        (explanation,), (score,) = inspection.own_maps, inspection.scores
-        captions.append(f"{card['class_names'][explanation.target]} · p={explanation.target_prob:.2f} · "
-                        f"deletion {score.deletion:.3f} · insertion {score.insertion:.3f}")
-    return captions
 
 
 def test_an_upload_through_the_protocol_shows_the_librarys_numbers(tmp_path):
@@ -63,7 +48,7 @@ def test_an_upload_through_the_protocol_shows_the_librarys_numbers(tmp_path):
     with app_server(tmp_path / "home") as (base, _):
         names, captions, map_urls, fetched = asyncio.run(scenario(base))
     assert len(names) == 3 and len(captions) == 3
-    assert captions == expected_captions(names, PICTURE.read_bytes())
+    assert captions == inspect_captions(names, PICTURE.name, PICTURE.read_bytes())
     assert len(map_urls) == 3 and map_urls <= fetched  # the maps' images were downloaded, as a browser does
 
 
