@@ -33,7 +33,7 @@ compound at initialisation; then 0 of 3 small-budget seeds stalled (reports/modu
 Eq. (5)'s channel sum still drives M_spat to its bounds for most positions in trained networks (the
 study reports the saturated fraction); ``spatial_reduce="mean"`` lowers it at the same small-budget
 error. The zoo entry uses both (``resnet20-lgam:spatial_reduce=mean,zero_init_residual=true``; its
-card's ``zoo_note`` gives the measured numbers); its first full-strength checkpoint used zero-init only.
+card's ``zoo_note`` gives the measured numbers): 88.19% at 100 epochs, where zero-init alone reached 87.74%.
 """
 
 from __future__ import annotations
