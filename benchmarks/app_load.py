@@ -84,6 +84,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "app"))  # the test harness's server starter
 
+from apphelpers import chosen_models, scored_captions  # noqa: E402
 from appserver import CHROMIUM, CHROMIUM_ARGS, app_server, free_port  # noqa: E402
 
 from attnviz.cluster import Cluster  # noqa: E402
@@ -258,12 +259,6 @@ class BrowserStudent:
         await self.context.close()
 
 
-def scored_captions(run) -> list[str]:
-    """The captions of the heat maps with their scores in a protocol client's run (the browser counts the
-    same captions)."""
-    return [image.caption for image in run.images() if "deletion" in image.caption and "p=" in image.caption]
-
-
 # (picture, the session's model names, the captions its page showed) of every protocol upload: checked
 # against the library's numbers for that picture at the end
 PROTOCOL_SHOWN: list[tuple[Path, list[str], list[str]]] = []
@@ -281,11 +276,9 @@ class ProtocolStudent:
     async def open(cls, browser, base: str, timeout_s: float) -> ProtocolStudent:
         from protocol_client import ProtocolClient, chosen
 
-        def chosen_in(run, label: str) -> int:
-            return next((chosen(m) for m in run.widgets("multiselect") if m.label.startswith(label)), 0)
-
         def gallery_drawn(run) -> bool:  # as open_inspect: every chosen model's map of every gallery picture
-            models, gallery = chosen_in(run, "Models to compare"), chosen_in(run, "Sample images")
+            models = len(chosen_models(run))
+            gallery = next((chosen(m) for m in run.widgets("multiselect") if m.label.startswith("Sample images")), 0)
             return models > 0 and gallery > 0 and len(scored_captions(run)) == models * gallery
 
         client = ProtocolClient(base)
@@ -294,9 +287,7 @@ class ProtocolStudent:
         except BaseException:
             await client.close()
             raise
-        picker = next(m for m in run.widgets("multiselect") if m.label.startswith("Models to compare"))
-        names = [label.split(" · ")[0] for label in picker.raw_values][:chosen(picker)]  # "name · acc%"
-        return cls(client, names, run.widgets("file_uploader")[0])
+        return cls(client, chosen_models(run), run.widgets("file_uploader")[0])
 
     async def upload(self, picture: Path, timeout_s: float, on_stuck=None, marks: list | None = None) -> float:
         started = time.time()

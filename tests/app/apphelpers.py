@@ -46,3 +46,18 @@ def inspect_captions(model_names: list[str], picture_name: str, data: bytes) -> 
         captions.append(f"{card['class_names'][explanation.target]} · p={explanation.target_prob:.2f} · "
                         f"deletion {score.deletion:.3f} · insertion {score.insertion:.3f}")
     return captions
+
+
+def scored_captions(run) -> list[str]:
+    """The captions under Inspect's scored heat maps in a protocol client's run (``protocol_client.Run``):
+    the same captions the browser tests count."""
+    return [image.caption for image in run.images() if "deletion" in image.caption and "p=" in image.caption]
+
+
+def chosen_models(run) -> list[str]:
+    """The model names chosen in the sidebar's picker of a protocol client's run (its labels read
+    "name · accuracy")."""
+    from protocol_client import chosen
+
+    picker = next((m for m in run.widgets("multiselect") if m.label.startswith("Models to compare")), None)
+    return [] if picker is None else [label.split(" · ")[0] for label in picker.raw_values][:chosen(picker)]

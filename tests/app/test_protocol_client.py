@@ -12,9 +12,9 @@ import asyncio
 import shutil
 
 import pytest
-from apphelpers import inspect_captions
+from apphelpers import chosen_models, inspect_captions, scored_captions
 from appserver import app_server
-from protocol_client import ProtocolClient, chosen
+from protocol_client import ProtocolClient
 
 from attnviz.paths import SAMPLE_DIR
 
@@ -22,15 +22,10 @@ pytestmark = pytest.mark.slow
 PICTURE = sorted((SAMPLE_DIR / "train" / "cat").glob("*.jpg"))[0]  # not in the gallery: nothing cached
 
 
-def scored(run) -> list[str]:
-    return [image.caption for image in run.images() if "deletion" in image.caption and "p=" in image.caption]
-
-
 async def open_inspect(base: str):
     client = ProtocolClient(base)
-    run = await client.open("inspect_image", 300, done=lambda run: len(scored(run)) > 0)
-    models = next(m for m in run.widgets("multiselect") if m.label.startswith("Models to compare"))
-    return client, run, [value.split(" · ")[0] for value in models.raw_values][:chosen(models)]
+    run = await client.open("inspect_image", 300, done=lambda run: len(scored_captions(run)) > 0)
+    return client, run, chosen_models(run)
 
 
 def test_an_upload_through_the_protocol_shows_the_librarys_numbers(tmp_path):
@@ -39,9 +34,9 @@ def test_an_upload_through_the_protocol_shows_the_librarys_numbers(tmp_path):
         try:
             uploader = run.widgets("file_uploader")[0]
             shown = await client.upload(PICTURE, uploader.id, timeout_s=300, multiple=uploader.multiple_files,
-                                        done=lambda run: len(scored(run)) == len(names) and PICTURE.name in run.text())
-            map_urls = {image.url for image in shown.images() if image.caption in scored(shown)}
-            return names, scored(shown), map_urls, client.fetched
+                                        done=lambda run: len(scored_captions(run)) == len(names) and PICTURE.name in run.text())
+            map_urls = {image.url for image in shown.images() if image.caption in scored_captions(shown)}
+            return names, scored_captions(shown), map_urls, client.fetched
         finally:
             await client.close()
 
