@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from collections.abc import Mapping
 
 import torch
@@ -104,3 +105,64 @@ def settle_heap() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+TRIM_INTERVAL_ENV = "ATTNVIZ_TRIM_SECONDS"
+DEFAULT_TRIM_INTERVAL_S = 30.0
+
+
+def return_free_heap() -> bool:
+    """Hand the C heap's free pages back to the operating system (glibc's ``malloc_trim(0)``); returns
+    False where there is no glibc (macOS, musl), which keeps its own policy.
+
+    Why: a server's sessions allocate on many threads (Streamlit starts a thread per script run), so glibc
+    spreads their memory over many arenas and keeps what they free for reuse. After a burst of sessions
+    ends (their uploads, drawn images and media dropped), the process's resident memory stays at the
+    burst's peak although Python freed everything: it looks like a leak on a long-running classroom server.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)  # ctypes releases the interpreter lock for the call: other sessions keep running
+    return True
+
+
+def trim_interval(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds between :func:`return_free_heap` calls of a server: ``$ATTNVIZ_TRIM_SECONDS``, default 30;
+    0 turns it off."""
+    raw = (os.environ if environ is None else environ).get(TRIM_INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TRIM_INTERVAL_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        raise AttnvizError(f"{TRIM_INTERVAL_ENV} must be a number of seconds from 0 (off) to 86400, not '{raw}'.")
+    return seconds
+
+
+def start_heap_trimmer(interval_s: float):
+    """A daemon thread that calls :func:`return_free_heap` every ``interval_s`` seconds for the life of
+    the process (a server's); returns it, or None when ``interval_s`` is 0 or there is no glibc."""
+    import threading
+
+    if interval_s <= 0 or not return_free_heap():
+        return None
+
+    def trim_forever() -> None:
+        while True:
+            time.sleep(interval_s)
+            return_free_heap()
+
+    thread = threading.Thread(target=trim_forever, name="attnviz-heap-trimmer", daemon=True)
+    thread.start()
+    return thread

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -74,6 +75,60 @@ def test_a_bad_thread_count_is_refused_in_one_sentence(value):
     with pytest.raises(AttnvizError) as err:
         serving_threads({"ATTNVIZ_THREADS": value})
     assert "ATTNVIZ_THREADS" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 30.0), ("", 30.0), ("0", 0.0), (" 2.5 ", 2.5)])
+def test_the_heap_trim_interval_defaults_to_30_s_and_follows_the_environment(value, seconds):
+    from attnviz.device import trim_interval
+
+    assert trim_interval({} if value is None else {"ATTNVIZ_TRIM_SECONDS": value}) == seconds
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf", "100000"])
+def test_a_bad_heap_trim_interval_is_refused_in_one_sentence(value):
+    from attnviz.device import trim_interval
+
+    with pytest.raises(AttnvizError) as err:
+        trim_interval({"ATTNVIZ_TRIM_SECONDS": value})
+    assert "ATTNVIZ_TRIM_SECONDS" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_returning_the_free_heap_gives_a_fragmented_heaps_pages_back_to_the_system():
+    # a fresh process: 200 MB of 4 KB buffers from malloc, every 64th kept so the heap cannot shrink from
+    # its top by itself; what the rest freed stays resident until it is handed back
+    script = textwrap.dedent("""
+        import sys
+        from attnviz.device import return_free_heap
+
+        def rss_mb():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+
+        buffers = [bytearray(4096) for _ in range(50_000)]
+        kept = buffers[::64]
+        del buffers
+        before = rss_mb()
+        if not return_free_heap():
+            sys.exit(3)
+        print(before, rss_mb())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    if done.returncode == 3:
+        pytest.skip("no glibc malloc_trim on this system")
+    assert done.returncode == 0, done.stderr
+    before, after = map(float, done.stdout.split())
+    assert before - after > 100, (before, after)
+
+
+def test_the_heap_trimmer_is_one_daemon_thread_and_off_at_0():
+    from attnviz.device import start_heap_trimmer
+
+    assert start_heap_trimmer(0) is None
+    thread = start_heap_trimmer(3600)
+    if thread is not None:  # None only without glibc
+        assert thread.daemon and thread.is_alive() and thread.name == "attnviz-heap-trimmer"
 
 
 def test_configuring_serving_threads_sets_torchs_and_returns_it():

@@ -80,6 +80,7 @@ class ProtocolClient:
         self.page_hash = ""
         self.page_name = ""
         self.fetched: set[str] = set()  # media already downloaded: a browser's cache
+        self.fetched_bytes = 0  # their bytes: what the server holds for this session while it lives
         self.last_run: Run | None = None
         self.uploaded: dict[str, list] = {}  # uploader id -> the files it holds
 
@@ -206,8 +207,10 @@ class ProtocolClient:
         def get(url: str) -> None:
             response = self.http.get(urljoin(self.base + "/", url.lstrip("/")), timeout=timeout_s)
             response.raise_for_status()
+            return len(response.content)
 
         for start in range(0, len(urls), BROWSER_CONNECTIONS):
             batch = urls[start:start + BROWSER_CONNECTIONS]
-            await asyncio.gather(*(asyncio.to_thread(get, url) for url in batch))
+            sizes = await asyncio.gather(*(asyncio.to_thread(get, url) for url in batch))
             self.fetched.update(batch)
+            self.fetched_bytes += sum(sizes)

@@ -46,6 +46,20 @@ def test_every_page_renders_without_errors(app, page):
         assert len(at.caption) >= 1
 
 
+def test_a_bad_heap_trim_setting_is_one_sidebar_sentence_and_the_default_is_used(app, monkeypatch):
+    from services.models import heap_trimmer
+
+    monkeypatch.setenv("ATTNVIZ_TRIM_SECONDS", "soon")
+    heap_trimmer.clear()  # started once per process: this session starts it again, with the bad value
+    try:
+        at = _run_page(app, "views/activations.py")
+        assert not at.exception, [e.value for e in at.exception]
+        warnings = [w.value for w in at.sidebar.warning if "ATTNVIZ_TRIM_SECONDS" in w.value]
+        assert len(warnings) == 1 and "'soon'" in warnings[0] and "every 30 s" in warnings[0], warnings
+    finally:
+        heap_trimmer.clear()
+
+
 def test_model_choice_is_in_the_url_and_holds_across_pages(app):
     import services
 
