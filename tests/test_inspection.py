@@ -144,3 +144,13 @@ def test_a_custom_reader_decodes_every_source_once():
 
     comparison = compare([], [("a.png", _png(8, 8, 5)), ("b.png", _png(8, 8, 6))], lambda *_: None, read=read)
     assert seen == ["a.png", "b.png"] and comparison.cells == {} and len(comparison.usable) == 2
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (300, 300), (40, 64), (600, 90)])
+def test_a_pictures_thumbnail_is_its_display_letterboxed_and_a_square_one_shares_its_display(height, width):
+    from attnviz.images import letterbox
+
+    picture = read_picture("p.png", _png(height, width, seed=height + width))
+    assert picture.thumbnail.size == (DISPLAY_SIDE, DISPLAY_SIDE)
+    assert np.array_equal(np.asarray(picture.thumbnail), np.asarray(letterbox(picture.display, DISPLAY_SIDE)))
+    assert (picture.thumbnail is picture.display) == (height == width)
