@@ -4,6 +4,7 @@ long-lived heap out of the garbage collector's way (:func:`settle_heap`)."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import time
@@ -120,19 +121,25 @@ def return_free_heap() -> bool:
     ends (their uploads, drawn images and media dropped), the process's resident memory stays at the
     burst's peak although Python freed everything: it looks like a leak on a long-running classroom server.
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
+    trim = _malloc_trim()
     if trim is None:
         return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)  # ctypes releases the interpreter lock for the call: other sessions keep running
     return True
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` from the symbols already loaded in this process (no library search, which
+    would start a subprocess), or None."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
 def trim_interval(environ: Mapping[str, str] | None = None) -> float:
