@@ -472,7 +472,11 @@ def lower_client_priority(policy: str) -> None:
     machine would otherwise starve)."""
     policy_id = os.SCHED_IDLE if policy == "idle" else os.SCHED_OTHER
     if os.sched_getscheduler(0) != policy_id:
-        os.sched_setscheduler(0, policy_id, os.sched_param(0))
+        try:
+            os.sched_setscheduler(0, policy_id, os.sched_param(0))
+        except PermissionError:  # leaving SCHED_IDLE needs RLIMIT_NICE room or CAP_SYS_NICE
+            print(f"could not switch this process to {policy} priority (not permitted); going on as it is",
+                  file=sys.stderr, flush=True)
 
 
 async def measure(args, pictures, home: str, profile: Path) -> None:
@@ -539,7 +543,7 @@ async def phases(args, student_kind, browser, base: str, pids: list[int], pictur
     await asyncio.sleep(3)
     rss_cycles = rss_end = sum(rss_mb(pid) for pid in pids)
     # the closed sessions the server still kept at that reading: those closed within the TTL, at most 128
-    held = min(SESSIONS_KEPT_FOR_RECONNECT, sum(1 for t in cycle_ends if t > time.time() - disconnected_session_ttl()))
+    held = min(sessions_kept_for_reconnect(), sum(1 for t in cycle_ends if t > time.time() - disconnected_session_ttl()))
     if args.memory_cycles:
         # Streamlit keeps every closed session (its state, uploads, pictures) for a reconnect, up to 128 of
         # them for server.disconnectedSessionTTL seconds: fast cycles end with up to 128 such sessions held,
@@ -556,7 +560,13 @@ async def phases(args, student_kind, browser, base: str, pids: list[int], pictur
             "concurrent": concurrent, "usage": usage, "rss": (rss_start, rss_cycles, rss_end), "held": held}
 
 
-SESSIONS_KEPT_FOR_RECONNECT = 128  # streamlit.runtime.memory_session_storage.MemorySessionStorage's maxsize
+def sessions_kept_for_reconnect() -> int:
+    """At most how many closed sessions Streamlit keeps for a reconnect (its session storage's maxsize)."""
+    import inspect
+
+    from streamlit.runtime.memory_session_storage import MemorySessionStorage
+
+    return int(inspect.signature(MemorySessionStorage).parameters["maxsize"].default)
 
 
 def disconnected_session_ttl() -> float:

@@ -127,17 +127,19 @@ def serving_threads() -> tuple[int, str | None]:
 
 
 @st.cache_resource(show_spinner=False)
-def heap_trimmer() -> tuple[bool, str | None]:
-    """This process's thread that hands freed memory back to the system every ``ATTNVIZ_TRIM_SECONDS``
-    (`attnviz.device.start_heap_trimmer`), started once: (running, the error of a bad setting or None)."""
+def heap_trimmer() -> str | None:
+    """Start, once per process, the thread that hands freed memory back to the system every
+    ``ATTNVIZ_TRIM_SECONDS`` (`attnviz.device.start_heap_trimmer`); returns the sentence for a bad setting
+    (the default is used then), or None."""
     from attnviz.device import DEFAULT_TRIM_INTERVAL_S, start_heap_trimmer, trim_interval
     from attnviz.errors import AttnvizError
 
     try:
-        return start_heap_trimmer(trim_interval()) is not None, None
+        start_heap_trimmer(trim_interval())
+        return None
     except AttnvizError as err:
-        return (start_heap_trimmer(DEFAULT_TRIM_INTERVAL_S) is not None,
-                f"{err} Returning free memory every {DEFAULT_TRIM_INTERVAL_S:.0f} s instead.")
+        start_heap_trimmer(DEFAULT_TRIM_INTERVAL_S)
+        return f"{err} Returning free memory every {DEFAULT_TRIM_INTERVAL_S:.0f} s instead."
 
 
 @st.cache_resource(show_spinner=False)
@@ -223,7 +225,7 @@ def sidebar() -> list[str]:
     threads_error = serving_threads()[1]
     if threads_error:
         st.sidebar.warning(f"{threads_error} Using 1 thread.", icon=":material/warning:")
-    trim_error = heap_trimmer()[1]
+    trim_error = heap_trimmer()
     if trim_error:
         st.sidebar.warning(trim_error, icon=":material/warning:")
     rows = zoo_rows()

@@ -204,7 +204,7 @@ class ProtocolClient:
         connections to one host), to draw the page."""
         urls = list(dict.fromkeys(image.url for image in run.images() if image.url and image.url not in self.fetched))
 
-        def get(url: str) -> None:
+        def get(url: str) -> int:
             response = self.http.get(urljoin(self.base + "/", url.lstrip("/")), timeout=timeout_s)
             response.raise_for_status()
             return len(response.content)
