@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import streamlit as st
 
 from profiling import in_this_rerun, phase
@@ -168,18 +171,15 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def comparison_report(model_ids: list[str], *, method: str, target: str, target_label: str, layer: str,
-                      colormap: str, opacity: float, figures: list[dict], score_rows: list[dict]) -> str:
-    """The Inspect comparison as one self-contained HTML document (`attnviz.report`)."""
-    with phase("report html"):
-        return _comparison_report(model_ids, method=method, target=target, target_label=target_label, layer=layer,
-                                  colormap=colormap, opacity=opacity, figures=figures, score_rows=score_rows)
+                      colormap: str, opacity: float, figures: list[dict], score_rows: list[dict]) -> Callable[[], str]:
+    """The Inspect comparison as one self-contained HTML document (`attnviz.report`), rendered when called.
 
-
-def _comparison_report(model_ids: list[str], *, method: str, target: str, target_label: str, layer: str,
-                       colormap: str, opacity: float, figures: list[dict], score_rows: list[dict]) -> str:
+    Why deferred: ``st.download_button`` runs a callable only when the user clicks, so a rerun no longer
+    builds a base64 copy of every map that most users never download, and a session, including a closed
+    one Streamlit keeps for a while, holds only the report's parts (the same PNG bytes the grid shows)."""
     from attnviz.report import Report, ReportFigure, ReportModel, render_html
 
-    zoo = zoo_by_id()
+    zoo = zoo_by_id()  # read now: the callable runs on a thread of its own, outside this session's run
     models = [ReportModel(name=zoo[i]["name"], spec=zoo[i]["spec"], weights_sha256=zoo[i]["weights_sha256"],
                           source=zoo[i]["source"], dataset=zoo[i]["dataset"], test_acc=zoo[i]["test_acc"])
               for i in model_ids]
@@ -194,7 +194,7 @@ def _comparison_report(model_ids: list[str], *, method: str, target: str, target
         notes=["Untrained models have random weights; their maps are noise."]
         if any(m.source == "untrained" for m in models) else [],
     )
-    return render_html(report)
+    return functools.partial(render_html, report)
 
 
 def usable_pictures(sources: list[tuple[str, bytes]], limit: int) -> list:

@@ -105,13 +105,13 @@ def results() -> None:
     draw_predictions(predictions, comparison)
     drawn = draw_grid(comparison)
     if drawn:
-        html = services.comparison_report(
+        report_html = services.comparison_report(
             [m["id"] for m in models if m["id"] in comparison.cells], method=method, target=target_choice,
             target_label=ui.target_label(target_choice, class_names), layer=f"stage {layer_choice}",
             colormap=colormap, opacity=opacity, figures=drawn,
             score_rows=ui.score_rows(models, comparison.inspections(), comparison.usable, class_names))
-        st.download_button("Download the whole comparison (HTML report)", html, file_name="attnviz-comparison.html",
-                           mime="text/html", key="inspect_report", icon=":material/description:", on_click="ignore")
+        st.download_button("Download the whole comparison (HTML report)", report_html,  # rendered on click
+                           file_name="attnviz-comparison.html", mime="text/html", key="inspect_report", icon=":material/description:", on_click="ignore")
     if show_scores:
         draw_curves(comparison)
 

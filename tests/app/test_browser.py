@@ -56,6 +56,12 @@ def test_upload_inspect_train_and_zoo(tmp_path, browser_page):
         # deletion/insertion curves of the first picture (one still image)
         assert grid_after == 3 + models and grid_before > grid_after
         page.screenshot(path=str(shots / "2-inspect-upload.png"))
+        # the HTML report is rendered only on click (a deferred download): it holds the upload's maps
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Download the whole comparison (HTML report)").click()
+        report = download.value.path().read_text(encoding="utf-8")
+        assert download.value.suggested_filename == "attnviz-comparison.html"
+        assert "yellow-box.png" in report and report.count("data:image/png;base64,") == models
 
         # 3. a 1-epoch run on the sample set, watched live until it finishes
         page.goto(base + "/train")
