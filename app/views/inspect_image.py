@@ -111,7 +111,8 @@ def results() -> None:
             colormap=colormap, opacity=opacity, figures=drawn,
             score_rows=ui.score_rows(models, comparison.inspections(), comparison.usable, class_names))
         st.download_button("Download the whole comparison (HTML report)", report_html,  # rendered on click
-                           file_name="attnviz-comparison.html", mime="text/html", key="inspect_report", icon=":material/description:", on_click="ignore")
+                           file_name="attnviz-comparison.html", mime="text/html", key="inspect_report",
+                           icon=":material/description:", on_click="ignore")
     if show_scores:
         draw_curves(comparison)
 
