@@ -86,7 +86,8 @@ def _recipe_notes(cards: list[dict], data: str) -> list[str]:
     earlier = [str(c.get("name")) for c in cards if not same_schedule(c.get("recipe"), ZOO_RECIPE)]
     if earlier:
         lines += [
-            f"**Not yet on the zoo recipe.** {', '.join(earlier)} still ship an earlier recipe's "
+            f"**Not yet on the zoo recipe.** {', '.join(earlier)} still "
+            f"{'ships' if len(earlier) == 1 else 'ship'} an earlier recipe's "
             f"checkpoint (see its epochs above); the zoo recipe ({_schedule_text(ZOO_RECIPE)}) replaces "
             "each one as it finishes (its card records the training time and device).",
             "",
