@@ -55,11 +55,16 @@ ABLATIONS = {"lgam-noladder": "resnet20-lgam:ladder=false", "lgam-mean": "resnet
 # thing: zero-initialised residual BN (Goyal et al. 2017: every block starts as the identity, so LGAM's
 # amplification cannot compound at initialisation), LGAM's channel mean in eq. (5) on top of that, and
 # SGE with at least 4 channels per group (its G = 64 leaves 1 channel per group on 16-64 channels).
-# ``none-zeroinit`` is the control: what zero-init does to the plain network.
+# ``none-zeroinit`` is the control: what zero-init does to the plain network. Zero-init slows the plain
+# network's start (none-zeroinit), so ``lgam-gamma``/``lgam-mean-gamma`` start the residual BN at gamma
+# 0.25 instead (``residual_bn_gamma``): LGAM's ~4x gain then brings its branch near a plain branch's
+# scale at initialisation (stage-output std ~1.0 vs the plain network's 1.2) rather than to zero.
 REMEDIES = {
     "none-zeroinit": "resnet20:zero_init_residual=true",
     "lgam-zeroinit": "resnet20-lgam:zero_init_residual=true",
     "lgam-mean-zeroinit": "resnet20-lgam:spatial_reduce=mean,zero_init_residual=true",
+    "lgam-gamma": "resnet20-lgam:residual_bn_gamma=0.25",
+    "lgam-mean-gamma": "resnet20-lgam:spatial_reduce=mean,residual_bn_gamma=0.25",
     "sge-4ch": "resnet20-sge:min_group_channels=4",
     "sge-4ch-zeroinit": "resnet20-sge:min_group_channels=4,zero_init_residual=true",
 }

@@ -28,6 +28,8 @@ CHANCE_ERROR = 100.0 * (1.0 - 1.0 / NUM_CLASSES)
 LGAM_ABLATIONS = {"lgam-noladder": "without the ladder of eq. (4)", "lgam-mean": "with a channel mean in eq. (5)"}
 REMEDIES = {"lgam-zeroinit": "LGAM with zero-initialised residual BN",  # issue 11
             "lgam-mean-zeroinit": "LGAM with zero-init and a channel mean in eq. (5)",
+            "lgam-gamma": "LGAM with residual BN starting at gamma 0.25",
+            "lgam-mean-gamma": "LGAM with residual BN at gamma 0.25 and a channel mean in eq. (5)",
             "sge-4ch": "SGE with at least 4 channels per group",
             "sge-4ch-zeroinit": "SGE with 4+ channels per group and zero-init",
             "none-zeroinit": "the plain network with zero-init (control)"}

@@ -29,8 +29,12 @@ BACKBONE_OPTIONS = {"width", "shortcut"}
 # Initialisation options of the whole model (not builder arguments). ``zero_init_residual=true``: the
 # last BatchNorm of every residual branch starts with gamma = 0 (Goyal et al. 2017, "Accurate, Large
 # Minibatch SGD", sec. 5.1), so every block starts as the identity; applies to backbones with residual
-# blocks (their blocks mark that BN with ``residual_bn``).
-INIT_OPTIONS = {"zero_init_residual"}
+# blocks (their blocks mark that BN with ``residual_bn``). ``residual_bn_gamma=g`` (0 < g <= 1) is the
+# partial form: that BN starts with gamma = g, so a block's branch starts at g times its usual scale
+# (SkipInit/Fixup-style down-scaling of residual branches: De & Smith 2020, Zhang et al. 2019). It
+# exists for modules that amplify their input, such as LGAM (~4x at initialisation, see
+# attnviz/layers/lgam.py): g = 0.25 starts such a branch near a plain branch's scale instead of at zero.
+INIT_OPTIONS = {"zero_init_residual", "residual_bn_gamma"}
 INTERFLOW_OPTIONS = {"aux_weight", "hard_weights"}
 PLACEMENTS = ("block", "stage")
 
@@ -260,16 +264,30 @@ def create_model(spec: str, num_classes: int = 10, in_chans: int = 3) -> AttnNet
         head = ClassifierHead(stage_channels[-1], num_classes)
     model = AttnNet(stem, stages, stage_channels, head, num_classes, in_chans, parsed.canonical())
     init_weights(model)
+    gamma = _residual_bn_gamma(parsed, spec)
+    if gamma is not None:
+        residual_bns = [m for m in model.modules() if getattr(m, "residual_bn", False)]
+        if not residual_bns:
+            option = "zero_init_residual" if gamma == 0 else "residual_bn_gamma"
+            raise SpecError(f"{option} needs residual branches that end in BatchNorm, which '{parsed.arch}' has not.")
+        for bn in residual_bns:
+            nn.init.constant_(bn.weight, gamma)
+    return model
+
+
+def _residual_bn_gamma(parsed: ModelSpec, spec: str) -> float | None:
+    """The starting gamma of every residual branch's last BN that the spec's init options ask for (None: 1)."""
     zero_init = parsed.options.get("zero_init_residual", False)
     if not isinstance(zero_init, bool):
         raise SpecError(f"zero_init_residual must be true or false in '{spec}'.")
+    if "residual_bn_gamma" not in parsed.options:
+        return 0.0 if zero_init else None
+    gamma = parsed.options["residual_bn_gamma"]
     if zero_init:
-        residual_bns = [m for m in model.modules() if getattr(m, "residual_bn", False)]
-        if not residual_bns:
-            raise SpecError(f"zero_init_residual needs residual branches that end in BatchNorm, which '{parsed.arch}' has not.")
-        for bn in residual_bns:
-            nn.init.zeros_(bn.weight)
-    return model
+        raise SpecError(f"Give either zero_init_residual or residual_bn_gamma in '{spec}', not both.")
+    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not 0 < gamma <= 1:
+        raise SpecError(f"residual_bn_gamma must be a number above 0 and at most 1 in '{spec}'.")
+    return float(gamma)
 
 
 def list_archs() -> list[str]:
