@@ -68,3 +68,28 @@ def params_table(archs=None, attentions=None, class_counts=(10, 100), include_in
                 })
                 del model
     return rows
+
+
+def init_stage_std(spec: str, stage: str = "layer3", images: int = 64, seed: int = 0) -> float:
+    """Standard deviation of one stage's output for a freshly initialised ``spec`` on random inputs.
+
+    Train mode (BatchNorm normalises with the batch's own statistics, as in the first training step);
+    weights from ``torch.manual_seed(seed)``, inputs ``images`` standard-normal 32x32 pictures from
+    ``seed + 1``. How much a module amplifies the features at initialisation (LGAM, issue 11):
+    ``scripts/init_scale_probe.py`` prints it for the specs the LGAM docs cite.
+    """
+    torch.manual_seed(seed)
+    model = create_model(spec).train()
+    seen: list[float] = []
+
+    def record(module, inputs, output):
+        seen.append(float(output.detach().std()))
+
+    handle = model.get_submodule(stage).register_forward_hook(record)
+    try:
+        torch.manual_seed(seed + 1)
+        with torch.no_grad():
+            model(torch.randn(images, 3, 32, 32))
+    finally:
+        handle.remove()
+    return seen[0]

@@ -198,3 +198,20 @@ def test_an_entry_retrained_under_a_new_spec_keeps_its_shipped_row(monkeypatch, 
     assert sorted((r.name, r.source) for r in rows) == sorted((name, "shipped") for name, _ in ZOO)
     untrained = zoo_rows(with_latency=False, dirs=[tmp_path / "nothing-here"])
     assert sorted((r.name, r.source) for r in untrained) == sorted((spec, "untrained") for _, spec in ZOO)
+
+
+def test_shipped_zoo_notes_match_the_entries_that_trained_them():
+    # the app shows a card's zoo_note as the reason a checkpoint differs from the paper; a shipped card
+    # trained under the entry's current spec must carry the entry's current note, word for word
+    from attnviz.models.registry import parse_spec
+    from attnviz.paths import SHIPPED_DIR
+    from attnviz.zoo import ZOO, ZOO_NOTES
+
+    specs = dict(ZOO)
+    checked = 0
+    for name, note in ZOO_NOTES.items():
+        card = json.loads((SHIPPED_DIR / f"{name}.json").read_text(encoding="utf-8"))
+        if card["spec"] == parse_spec(specs[name]).canonical():
+            assert card.get("zoo_note") == note, name
+            checked += 1
+    assert checked == len(ZOO_NOTES)  # every noted entry ships on its current spec

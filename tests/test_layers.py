@@ -206,19 +206,7 @@ def test_every_attention_keeps_a_bf16_feature_map_bf16_under_autocast(name):
 def test_lgam_ladder_amplifies_features_at_initialisation():
     """The measurement behind LGAM's docstring note: with the ladder, a ResNet-20's stage outputs at
     initialisation are several times larger than without attention; without the ladder much less so."""
-    from attnviz.models.registry import create_model
-
-    def stage_std(spec: str) -> float:
-        torch.manual_seed(0)
-        model = create_model(spec, num_classes=10).train()
-        seen = []
-        handle = model.get_submodule("layer3").register_forward_hook(lambda m, i, o: seen.append(o.std().item()))
-        try:
-            torch.manual_seed(1)
-            model(torch.randn(64, 3, 32, 32))
-        finally:
-            handle.remove()
-        return seen[0]
+    from attnviz.stats import init_stage_std as stage_std
 
     plain, lgam, no_ladder = stage_std("resnet20"), stage_std("resnet20-lgam"), stage_std("resnet20-lgam:ladder=false")
     assert lgam > 3 * plain and no_ladder < lgam / 1.5

@@ -15,7 +15,7 @@ from attnviz.models.registry import (
     parse_spec,
     register_arch,
 )
-from attnviz.stats import count_flops, count_params
+from attnviz.stats import count_flops, count_params, init_stage_std
 
 # width=0.25 keeps the big backbones small enough for a fast test; the structure is the same
 SPECS = [s for s in list_models() if not s.startswith(("resnet32", "resnet56", "resnet110"))]
@@ -151,29 +151,12 @@ def test_zero_init_residual_makes_every_block_start_as_the_identity():
         create_model("resnet20:zero_init_residual=3")
 
 
-def _stage_output_std(spec: str) -> float:
-    torch.manual_seed(0)
-    model = create_model(spec).train()
-    seen = {}
-
-    def record(module, inputs, output):
-        seen["std"] = float(output.std())
-
-    handle = model.get_submodule("layer3").register_forward_hook(record)
-    try:
-        with torch.no_grad():
-            model(torch.randn(32, 3, 32, 32))
-    finally:
-        handle.remove()
-    return seen["std"]
-
-
 def test_residual_bn_gamma_starts_lgam_branches_near_the_plain_scale():
     model = create_model("resnet20-lgam:residual_bn_gamma=0.25")
     gammas = {float(w) for m in model.modules() if getattr(m, "residual_bn", False) for w in m.weight.detach()}
     assert gammas == {0.25}
-    plain, lgam = _stage_output_std("resnet20"), _stage_output_std("resnet20-lgam")
-    damped = _stage_output_std("resnet20-lgam:residual_bn_gamma=0.25")
+    plain, lgam = init_stage_std("resnet20"), init_stage_std("resnet20-lgam")
+    damped = init_stage_std("resnet20-lgam:residual_bn_gamma=0.25")
     assert lgam > 3 * plain  # LGAM's gain at the usual initialisation (attnviz/layers/lgam.py)
     assert 0.6 * plain < damped < 1.4 * plain
     for bad in ("0", "1.5", "-0.1", "true", "big"):

@@ -57,8 +57,8 @@ ABLATIONS = {"lgam-noladder": "resnet20-lgam:ladder=false", "lgam-mean": "resnet
 # SGE with at least 4 channels per group (its G = 64 leaves 1 channel per group on 16-64 channels).
 # ``none-zeroinit`` is the control: what zero-init does to the plain network. Zero-init slows the plain
 # network's start (none-zeroinit), so ``lgam-gamma``/``lgam-mean-gamma`` start the residual BN at gamma
-# 0.25 instead (``residual_bn_gamma``): LGAM's ~4x gain then brings its branch near a plain branch's
-# scale at initialisation (stage-output std ~1.0 vs the plain network's 1.2) rather than to zero.
+# 0.25 instead (``residual_bn_gamma``): LGAM's ~5x gain then brings its branch near a plain branch's
+# scale at initialisation (stage-3 std 1.05 vs the plain network's 1.17: scripts/init_scale_probe.py) rather than to zero.
 REMEDIES = {
     "none-zeroinit": "resnet20:zero_init_residual=true",
     "lgam-zeroinit": "resnet20-lgam:zero_init_residual=true",

@@ -23,8 +23,8 @@ Note sigmoid(relu(.)) >= 0.5: both of the paper's gates only scale between 0.5 a
 residual terms of (3) and (7) the module can amplify but never suppress below half.
 Trainability (measured, ``reports/modules``): each F_chan multiplies its input by 1.5-2 and the ladder
 feeds every group's output into the next, so the last group carries up to ~2^G times the first; at
-initialisation a ResNet-20's stage outputs are ~4x larger with LGAM (std 5.1 vs 1.2 at layer3;
-tests/test_layers.py checks > 3x). With the study's small-budget recipe 2 of 3 seeds of the paper's
+initialisation a ResNet-20's stage outputs are ~5x larger with LGAM (std 6.0 vs 1.2 at layer3:
+``scripts/init_scale_probe.py``; tests/test_layers.py checks > 3x). With the study's small-budget recipe 2 of 3 seeds of the paper's
 LGAM stalled near chance, none with ``ladder=False``.
 Remedy (issue 11; the module itself unchanged): start the last BN of every residual branch at a small
 gamma, so the ladder's gain cannot compound at initialisation. ``zero_init_residual=true`` (gamma = 0,
@@ -32,7 +32,7 @@ Goyal et al. 2017) starts every block as the identity: 0 of 3 small-budget seeds
 (reports/modules, ``lgam-zeroinit``), but zero-init also slows the plain network's start (``none-zeroinit``),
 and the zoo's first LGAM trained that way reached 88.19% at 100 epochs (with the mean below), 0.31 under
 the bar. ``residual_bn_gamma=0.25`` instead starts each LGAM branch near a plain branch's scale (stage
-std ~1.0 vs 1.2; tests/test_models.py checks it): 0 of 3 stalled (``lgam-gamma``, ``lgam-mean-gamma``).
+std 1.05 vs 1.17; tests/test_models.py checks it): 0 of 3 stalled (``lgam-gamma``, ``lgam-mean-gamma``).
 Eq. (5)'s channel sum still drives M_spat to its bounds for most positions in trained networks (the
 study reports the saturated fraction); ``spatial_reduce="mean"`` lowers it (83% -> 31% at gamma 0.25) at
 a lower small-budget error (62.33 -> 60.73%). The zoo entry uses both

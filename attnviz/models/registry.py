@@ -32,7 +32,7 @@ BACKBONE_OPTIONS = {"width", "shortcut"}
 # blocks (their blocks mark that BN with ``residual_bn``). ``residual_bn_gamma=g`` (0 < g <= 1) is the
 # partial form: that BN starts with gamma = g, so a block's branch starts at g times its usual scale
 # (SkipInit/Fixup-style down-scaling of residual branches: De & Smith 2020, Zhang et al. 2019). It
-# exists for modules that amplify their input, such as LGAM (~4x at initialisation, see
+# exists for modules that amplify their input, such as LGAM (~5x at initialisation, see
 # attnviz/layers/lgam.py): g = 0.25 starts such a branch near a plain branch's scale instead of at zero.
 INIT_OPTIONS = {"zero_init_residual", "residual_bn_gamma"}
 INTERFLOW_OPTIONS = {"aux_weight", "hard_weights"}
